@@ -1,0 +1,32 @@
+-- diff.sql: the generated comparison (a FULL OUTER JOIN on the mapped key).
+--
+-- Inputs, registered by recon (src/diff.rs) from the two snapshots:
+--   s  the source:      k0..kN (key), v0..vM (compared columns), __present (always true)
+--   d  the destination: k0..kN, v0..vM, id (the destination's record id, or NULL), __present
+-- Both sides are already cast to one common type per column pair (src/types.rs).
+--
+-- Output: one row per key that is missing, changed or extra in the destination:
+--   action  'insert' (only in source), 'update' (in both, some column differs), 'delete' (only in destination)
+--   k0..kN  the key;  id  the destination's id
+--   s_v0.., d_v0..  the source and destination values;  c0..  true where that column differs
+--
+-- Rows come inserts first, then updates, then deletes, each by key, so listings are stable.
+-- Every comparison is parenthesised: DataFusion's parser binds IS DISTINCT FROM looser than OR.
+SELECT
+    CASE
+        WHEN d.__present IS NULL THEN 'insert'
+        WHEN s.__present IS NULL THEN 'delete'
+        ELSE 'update'
+    END AS action,
+    {{keys}},
+    d.id AS id,
+    {{values}}
+    {{changed}}
+FROM s
+FULL OUTER JOIN d ON {{key_join}}
+WHERE s.__present IS NULL
+   OR d.__present IS NULL
+   OR {{any_changed}}
+ORDER BY
+    CASE WHEN d.__present IS NULL THEN 0 WHEN s.__present IS NULL THEN 2 ELSE 1 END,
+    {{order_keys}}

@@ -1,0 +1,71 @@
+//! `recon check`: validate the job, reach both sides, and check the mapping against what they
+//! hold — without writing anything. Every problem is collected so one run lists them all. Database
+//! sides are sampled (the first rows), so checking a large table is quick.
+
+use crate::config::Job;
+use crate::connect;
+use crate::diff;
+use crate::error::{Error, Side};
+use crate::progress::Progress;
+
+/// Rows read per database side to learn column types.
+pub const SAMPLE_ROWS: usize = 1000;
+
+/// What `check` found.
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    /// One line per side that could be read: `source: postgres://…/dw (3 columns)`.
+    pub reached: Vec<String>,
+    pub problems: Vec<Error>,
+}
+
+impl CheckReport {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+pub async fn check(job: &Job, progress: &Progress) -> CheckReport {
+    let ctx = diff::session();
+    let mut report = CheckReport::default();
+    let (source, destination) = tokio::join!(
+        connect::register(&ctx, &job.source, Some(SAMPLE_ROWS), progress),
+        connect::register(&ctx, &job.destination, Some(SAMPLE_ROWS), progress),
+    );
+    for (side, result) in Side::BOTH.into_iter().zip([source, destination]) {
+        match result {
+            Ok(()) => report.reached.push(describe(&ctx, job, side).await),
+            Err(e) => report.problems.push(e),
+        }
+    }
+    if let Some(path) = &job.diff_query
+        && !path.is_file()
+    {
+        report.problems.push(Error::Io {
+            path: path.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the diff_query file does not exist",
+            ),
+        });
+    }
+    if report.ok() {
+        match diff::resolve_registered(&ctx, job).await {
+            Ok(_) => {}
+            Err(Error::Mapping(problems)) => report.problems.extend(problems),
+            Err(e) => report.problems.push(e),
+        }
+    }
+    report
+}
+
+async fn describe(ctx: &datafusion::prelude::SessionContext, job: &Job, side: Side) -> String {
+    let columns = match ctx.table(side.name()).await {
+        Ok(t) => t.schema().fields().len(),
+        Err(_) => 0,
+    };
+    format!(
+        "{side}: {} ({columns} columns)",
+        job.endpoint(side).location.display()
+    )
+}

@@ -1,0 +1,182 @@
+//! The job: what a job file describes, validated. `Job::load` parses the TOML, expands `${VAR}`
+//! from the environment, and checks every key and value without touching disk (beyond reading the
+//! file itself) or network; every problem is collected and returned at once, each with its line.
+
+mod parse;
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result, Side};
+
+/// A validated job file.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// `name = ...`, or the file stem.
+    pub name: String,
+    /// The job file, as given.
+    pub file: PathBuf,
+    pub source: Endpoint,
+    pub destination: Endpoint,
+    /// `[match]`: source key column = destination key column, in file order.
+    pub keys: Vec<ColumnPair>,
+    /// `[compare]`: `None` means every same-named column outside the key and the destination id.
+    pub compare: Option<Vec<ColumnPair>>,
+    pub write: WriteOptions,
+    /// Where state lives (`[state] url`); default `.recon/state.db` beside the job file.
+    pub state_url: String,
+    /// `diff_query = "..."`: the user's own comparison SQL, resolved against the job's folder.
+    pub diff_query: Option<PathBuf>,
+}
+
+/// A pair of column names, one per side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnPair {
+    pub source: String,
+    pub destination: String,
+}
+
+/// One side of a job: where it lives and which rows form its snapshot.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub side: Side,
+    pub location: Location,
+    /// `table` or `query` (absent for files, whose path is the table).
+    pub relation: Relation,
+    /// The destination's own record id column, carried to writeback and output.
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Relation {
+    Table(String),
+    Query(String),
+    /// A file endpoint: the whole file is the snapshot.
+    File,
+}
+
+/// Where a side's data lives, from its `url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Postgres(String),
+    Mysql(String),
+    Sqlite(PathBuf),
+    File(PathBuf, FileFormat),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    Csv,
+    Parquet,
+    /// A JSON array of objects.
+    Json,
+    /// One JSON object per line (`.jsonl`, `.ndjson`).
+    JsonLines,
+}
+
+impl Location {
+    /// The url with any password replaced by `***`, for messages and logs.
+    pub fn display(&self) -> String {
+        match self {
+            Location::Postgres(url) | Location::Mysql(url) => redact(url),
+            Location::Sqlite(path) => format!("sqlite://{}", path.display()),
+            Location::File(path, _) => path.display().to_string(),
+        }
+    }
+}
+
+/// `[write]`: how changes are written back (used by `apply`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteOptions {
+    pub deletes: bool,
+    pub max_changes: Option<MaxChanges>,
+    pub batch_size: usize,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        WriteOptions {
+            deletes: false,
+            max_changes: None,
+            batch_size: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MaxChanges {
+    Rows(u64),
+    Percent(f64),
+}
+
+impl Job {
+    /// Read, parse and validate a job file. All problems are reported together as
+    /// [`Error::InvalidJob`].
+    pub fn load(path: &Path) -> Result<Job> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Job::parse(path, &text, &|name| std::env::var(name).ok())
+    }
+
+    /// Parse and validate job file text; `path` names the file in messages and anchors relative
+    /// paths, `env` resolves `${VAR}`.
+    pub fn parse(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Job> {
+        parse::parse(path, text, env).map_err(Error::InvalidJob)
+    }
+
+    /// The folder that relative paths in the job resolve against.
+    pub fn folder(&self) -> PathBuf {
+        folder_of(&self.file)
+    }
+
+    pub fn endpoint(&self, side: Side) -> &Endpoint {
+        match side {
+            Side::Source => &self.source,
+            Side::Destination => &self.destination,
+        }
+    }
+}
+
+pub(crate) fn folder_of(file: &Path) -> PathBuf {
+    match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Replace the password of `scheme://user:password@host` with `***`.
+pub fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
+    match rest[..at].find(':') {
+        Some(colon) => format!(
+            "{}{}:***{}",
+            &url[..scheme_end + 3],
+            &rest[..colon],
+            &rest[at..]
+        ),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_only_the_password() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/dw"),
+            "postgres://app:***@db:5432/dw"
+        );
+        assert_eq!(redact("postgres://db/dw"), "postgres://db/dw");
+        assert_eq!(redact("mysql://root@h/x"), "mysql://root@h/x");
+    }
+}

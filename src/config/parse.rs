@@ -1,0 +1,439 @@
+//! Walks the spanned TOML document by hand (rather than `serde(deny_unknown_fields)`, which stops
+//! at the first problem) so that every unknown key, missing key and bad value is reported at once,
+//! each with its line.
+
+use std::path::{Path, PathBuf};
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::{
+    ColumnPair, Endpoint, FileFormat, Job, Location, MaxChanges, Relation, WriteOptions, folder_of,
+};
+use crate::error::{Problem, Side};
+
+type Table<'i> = DeTable<'i>;
+type Value<'i> = Spanned<DeValue<'i>>;
+
+const TOP_KEYS: &[&str] = &[
+    "name",
+    "source",
+    "destination",
+    "match",
+    "compare",
+    "write",
+    "state",
+    "diff_query",
+];
+const ENDPOINT_KEYS: &[&str] = &["url", "table", "query", "id", "cursor", "lag", "http"];
+const WRITE_KEYS: &[&str] = &["deletes", "max_changes", "batch_size"];
+const STATE_KEYS: &[&str] = &["url"];
+
+/// Collects problems while walking the document.
+struct Walker<'a> {
+    file: PathBuf,
+    text: &'a str,
+    env: &'a dyn Fn(&str) -> Option<String>,
+    problems: Vec<Problem>,
+}
+
+pub(super) fn parse(
+    path: &Path,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Job, Vec<Problem>> {
+    let mut w = Walker {
+        file: path.to_path_buf(),
+        text,
+        env,
+        problems: Vec::new(),
+    };
+    let doc = match DeTable::parse(text) {
+        Ok(doc) => doc,
+        Err(err) => {
+            let at = err.span().map_or(0, |s| s.start);
+            w.problem(at, format!("not valid TOML: {}", err.message().trim()));
+            return Err(w.problems);
+        }
+    };
+    let job = w.job(doc.get_ref());
+    match job {
+        Some(job) if w.problems.is_empty() => Ok(job),
+        _ => Err(w.problems),
+    }
+}
+
+impl Walker<'_> {
+    fn problem(&mut self, at: usize, message: impl Into<String>) {
+        let line = self.text[..at.min(self.text.len())].matches('\n').count() + 1;
+        self.problems.push(Problem {
+            file: self.file.clone(),
+            line,
+            message: message.into(),
+        });
+    }
+
+    fn job(&mut self, doc: &Table) -> Option<Job> {
+        self.unknown_keys(doc, TOP_KEYS, "");
+        let name = self.string(doc, "name", "").map(|(v, _)| v);
+        let source = self.endpoint(doc, Side::Source);
+        let destination = self.endpoint(doc, Side::Destination);
+        let keys = self.pairs(doc, "match", true);
+        let compare = doc
+            .get("compare")
+            .and_then(|_| self.pairs(doc, "compare", false));
+        let write = self.write(doc);
+        let state_url = self.state_url(doc);
+        let diff_query = self
+            .string(doc, "diff_query", "")
+            .map(|(v, _)| self.resolve(&v));
+        let name = name.unwrap_or_else(|| {
+            self.file
+                .file_stem()
+                .map_or("job".into(), |s| s.to_string_lossy().into_owned())
+        });
+        Some(Job {
+            name,
+            file: self.file.clone(),
+            source: source?,
+            destination: destination?,
+            keys: keys?,
+            compare,
+            write: write?,
+            state_url,
+            diff_query,
+        })
+    }
+
+    fn unknown_keys(&mut self, table: &Table, known: &[&str], prefix: &str) {
+        for (key, _) in table.iter() {
+            if !known.contains(&key.get_ref().as_ref()) {
+                let expected = known.join(", ");
+                self.problem(
+                    key.span().start,
+                    format!(
+                        "unknown key `{prefix}{}` (expected one of: {expected})",
+                        key.get_ref()
+                    ),
+                );
+            }
+        }
+    }
+
+    /// A sub-table such as `[source]`; a problem if it is not a table.
+    fn table<'t, 'i>(&mut self, doc: &'t Table<'i>, key: &str) -> Option<&'t Table<'i>> {
+        let value = doc.get(key)?;
+        match value.get_ref() {
+            DeValue::Table(t) => Some(t),
+            _ => {
+                self.problem(
+                    value.span().start,
+                    format!("`{key}` must be a table (`[{key}]`)"),
+                );
+                None
+            }
+        }
+    }
+
+    /// A string value with `${VAR}` expanded, and where it starts.
+    fn string(&mut self, table: &Table, key: &str, prefix: &str) -> Option<(String, usize)> {
+        let value = table.get(key)?;
+        let at = value.span().start;
+        match value.get_ref() {
+            DeValue::String(s) => match expand(s, self.env) {
+                Ok(v) => Some((v, at)),
+                Err(message) => {
+                    self.problem(at, format!("`{prefix}{key}`: {message}"));
+                    None
+                }
+            },
+            _ => {
+                self.problem(at, format!("`{prefix}{key}` must be a string"));
+                None
+            }
+        }
+    }
+
+    fn resolve(&self, path: &str) -> PathBuf {
+        let p = PathBuf::from(path);
+        if p.is_absolute() {
+            p
+        } else {
+            folder_of(&self.file).join(p)
+        }
+    }
+
+    fn endpoint(&mut self, doc: &Table, side: Side) -> Option<Endpoint> {
+        let name = side.name();
+        let Some(table) = self.table(doc, name) else {
+            if doc.get(name).is_none() {
+                self.problem(
+                    0,
+                    format!("missing `[{name}]` (a url and a table or query)"),
+                );
+            }
+            return None;
+        };
+        let prefix = format!("{name}.");
+        self.unknown_keys(table, ENDPOINT_KEYS, &prefix);
+        let header = header_line_offset(self.text, name);
+        let url = self.string(table, "url", &prefix);
+        let tab = self.string(table, "table", &prefix);
+        let query = self.string(table, "query", &prefix);
+        let id = self.string(table, "id", &prefix).map(|(v, _)| v);
+        for key in ["cursor", "lag"] {
+            if let Some(v) = table.get(key) {
+                self.problem(
+                    v.span().start,
+                    format!("`{prefix}{key}` (incremental mode) is not available in this version of recon; remove it to run a full diff"),
+                );
+            }
+        }
+        let Some((url, at)) = url else {
+            if table.get("url").is_none() {
+                self.problem(header, format!("`[{name}]` needs a `url`"));
+            }
+            return None;
+        };
+        let location = self.location(&url, at, &prefix)?;
+        let relation = self.relation(&location, tab, query, header, name)?;
+        Some(Endpoint {
+            side,
+            location,
+            relation,
+            id,
+        })
+    }
+
+    fn location(&mut self, url: &str, at: usize, prefix: &str) -> Option<Location> {
+        let lower = url.to_ascii_lowercase();
+        if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+            return Some(Location::Postgres(url.to_string()));
+        }
+        if lower.starts_with("mysql://") || lower.starts_with("mariadb://") {
+            let rest = &url[url.find("://").unwrap_or(0)..];
+            return Some(Location::Mysql(format!("mysql{rest}")));
+        }
+        if let Some(path) = lower
+            .strip_prefix("sqlite:")
+            .map(|_| &url["sqlite:".len()..])
+        {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            let path = path.split('?').next().unwrap_or(path);
+            return Some(Location::Sqlite(self.resolve(path)));
+        }
+        if lower.starts_with("http://") || lower.starts_with("https://") {
+            self.problem(
+                at,
+                format!(
+                    "`{prefix}url`: http(s) endpoints are not available in this version of recon"
+                ),
+            );
+            return None;
+        }
+        let format = match Path::new(&lower).extension().and_then(|e| e.to_str()) {
+            Some("csv") => FileFormat::Csv,
+            Some("parquet") => FileFormat::Parquet,
+            Some("json") => FileFormat::Json,
+            Some("jsonl" | "ndjson") => FileFormat::JsonLines,
+            _ => {
+                self.problem(
+                    at,
+                    format!("`{prefix}url` = \"{}\" is not a known kind of url (postgres://, mysql://, sqlite://, or a .csv/.parquet/.json/.jsonl path)", super::redact(url)),
+                );
+                return None;
+            }
+        };
+        let path = url.strip_prefix("file://").unwrap_or(url);
+        Some(Location::File(self.resolve(path), format))
+    }
+
+    fn relation(
+        &mut self,
+        location: &Location,
+        table: Option<(String, usize)>,
+        query: Option<(String, usize)>,
+        header: usize,
+        name: &str,
+    ) -> Option<Relation> {
+        if let Location::File(..) = location {
+            for (_, at) in table.iter().chain(query.iter()) {
+                self.problem(*at, format!("`[{name}]` reads a file: the file is the table, so `table` and `query` do not apply"));
+            }
+            return Some(Relation::File);
+        }
+        match (table, query) {
+            (Some((t, _)), None) => Some(Relation::Table(t)),
+            (None, Some((q, _))) => Some(Relation::Query(q)),
+            (Some(_), Some((_, at))) => {
+                self.problem(
+                    at,
+                    format!("`[{name}]` has both `table` and `query`; keep one"),
+                );
+                None
+            }
+            (None, None) => {
+                self.problem(header, format!("`[{name}]` needs a `table` or a `query`"));
+                None
+            }
+        }
+    }
+
+    /// `[match]` / `[compare]`: `source_column = "destination_column"` lines, in file order.
+    fn pairs(&mut self, doc: &Table, key: &str, required: bool) -> Option<Vec<ColumnPair>> {
+        let Some(table) = self.table(doc, key) else {
+            if required && doc.get(key).is_none() {
+                self.problem(0, format!("missing `[{key}]`: map at least one source key column to a destination column, e.g. `reference = \"code\"`"));
+            }
+            return None;
+        };
+        let mut pairs = Vec::new();
+        for (k, v) in table.iter() {
+            match v.get_ref() {
+                DeValue::String(s) => pairs.push(ColumnPair {
+                    source: k.get_ref().to_string(),
+                    destination: s.to_string(),
+                }),
+                _ => self.problem(
+                    v.span().start,
+                    format!(
+                        "`{key}.{}` must be a destination column name (a string)",
+                        k.get_ref()
+                    ),
+                ),
+            }
+        }
+        if required && pairs.is_empty() {
+            self.problem(
+                header_line_offset(self.text, key),
+                format!("`[{key}]` is empty: map at least one key column"),
+            );
+            return None;
+        }
+        Some(pairs)
+    }
+
+    fn write(&mut self, doc: &Table) -> Option<WriteOptions> {
+        let mut out = WriteOptions::default();
+        let Some(table) = self.table(doc, "write") else {
+            return doc.get("write").is_none().then_some(out);
+        };
+        self.unknown_keys(table, WRITE_KEYS, "write.");
+        let before = self.problems.len();
+        if let Some(v) = table.get("deletes") {
+            match v.get_ref() {
+                DeValue::Boolean(b) => out.deletes = *b,
+                _ => self.problem(v.span().start, "`write.deletes` must be true or false"),
+            }
+        }
+        if let Some(v) = table.get("batch_size") {
+            match positive_integer(v) {
+                Some(n) => out.batch_size = n as usize,
+                None => self.problem(
+                    v.span().start,
+                    "`write.batch_size` must be a whole number above 0",
+                ),
+            }
+        }
+        if let Some(v) = table.get("max_changes") {
+            out.max_changes = max_changes(v);
+            if out.max_changes.is_none() {
+                self.problem(v.span().start, "`write.max_changes` must be a row count (e.g. 500) or a percentage of the destination (e.g. \"10%\")");
+            }
+        }
+        (self.problems.len() == before).then_some(out)
+    }
+
+    fn state_url(&mut self, doc: &Table) -> String {
+        let file = self.file.clone();
+        let default = move || {
+            folder_of(&file)
+                .join(".recon/state.db")
+                .display()
+                .to_string()
+        };
+        let Some(table) = self.table(doc, "state") else {
+            return default();
+        };
+        self.unknown_keys(table, STATE_KEYS, "state.");
+        self.string(table, "url", "state.")
+            .map_or_else(default, |(v, _)| v)
+    }
+}
+
+fn positive_integer(v: &Value) -> Option<u64> {
+    match v.get_ref() {
+        DeValue::Integer(i) => u64::from_str_radix(i.as_str(), i.radix())
+            .ok()
+            .filter(|n| *n > 0),
+        _ => None,
+    }
+}
+
+fn max_changes(v: &Value) -> Option<MaxChanges> {
+    if let Some(n) = positive_integer(v) {
+        return Some(MaxChanges::Rows(n));
+    }
+    let DeValue::String(s) = v.get_ref() else {
+        return None;
+    };
+    let s = s.trim();
+    if let Some(p) = s.strip_suffix('%') {
+        let p: f64 = p.trim().parse().ok()?;
+        return (p > 0.0 && p <= 100.0).then_some(MaxChanges::Percent(p));
+    }
+    s.parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .map(MaxChanges::Rows)
+}
+
+/// Byte offset of a `[name]` header line, or 0 when the table is inline or absent.
+fn header_line_offset(text: &str, name: &str) -> usize {
+    let header = format!("[{name}]");
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        if line.trim_start().starts_with(&header) {
+            return offset;
+        }
+        offset += line.len();
+    }
+    0
+}
+
+/// Expand `${VAR}` and `${VAR:-default}` from `env`; `$$` is a literal `$`.
+pub(crate) fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body
+                .find('}')
+                .ok_or_else(|| format!("`${{` without a closing `}}` in \"{s}\""))?;
+            let (name, default) = match body[..end].split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (&body[..end], None),
+            };
+            match (env(name), default) {
+                (Some(v), _) => out.push_str(&v),
+                (None, Some(d)) => out.push_str(d),
+                (None, None) => {
+                    return Err(format!(
+                        "environment variable `{name}` is not set (export it, or write `${{{name}:-default}}`)"
+                    ));
+                }
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}

@@ -1,0 +1,126 @@
+//! Connectors: each side's snapshot becomes a table in the DataFusion session, named `source` or
+//! `destination`. Databases are read into Arrow batches (PostgreSQL by binary COPY, MySQL/MariaDB
+//! and SQLite by sqlx row streams); files are registered with DataFusion's own readers and
+//! scanned in place. Both sides are read at the same time.
+
+mod mysql;
+mod pgbinary;
+mod postgres;
+mod sqlite;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::datasource::MemTable;
+use datafusion::execution::options::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
+use datafusion::prelude::SessionContext;
+
+use crate::config::{Endpoint, FileFormat, Job, Location};
+use crate::error::{Error, Result, Side};
+use crate::progress::Progress;
+use crate::snapshot::Snapshot;
+
+/// Rows used to infer a CSV/JSON file's column types (the whole file, up to this many rows).
+const INFER_ROWS: usize = 1_000_000;
+
+/// Register both sides' snapshots in `ctx` as `source` and `destination`. With `limit`, only
+/// that many rows of each database side are read (used by `check` to sample).
+pub async fn register_both(
+    ctx: &SessionContext,
+    job: &Job,
+    limit: Option<usize>,
+    progress: &Progress,
+) -> Result<()> {
+    tokio::try_join!(
+        register(ctx, &job.source, limit, progress),
+        register(ctx, &job.destination, limit, progress),
+    )?;
+    Ok(())
+}
+
+/// Register one side's snapshot in `ctx` under the side's name.
+pub async fn register(
+    ctx: &SessionContext,
+    endpoint: &Endpoint,
+    limit: Option<usize>,
+    progress: &Progress,
+) -> Result<()> {
+    let name = endpoint.side.name();
+    let snapshot = match &endpoint.location {
+        Location::File(path, format) => {
+            return register_file(ctx, endpoint.side, path, *format).await;
+        }
+        location => read(endpoint, location, limit, progress).await?,
+    };
+    let table = MemTable::try_new(snapshot.schema.clone(), vec![snapshot.batches])?;
+    ctx.register_table(name, Arc::new(table))?;
+    Ok(())
+}
+
+async fn read(
+    endpoint: &Endpoint,
+    location: &Location,
+    limit: Option<usize>,
+    progress: &Progress,
+) -> Result<Snapshot> {
+    let counter = progress.rows(endpoint.side);
+    let snapshot = match location {
+        Location::Postgres(url) => postgres::snapshot(endpoint, url, limit, &counter).await?,
+        Location::Mysql(url) => mysql::snapshot(endpoint, url, limit, &counter).await?,
+        Location::Sqlite(path) => sqlite::snapshot(endpoint, path, limit, &counter).await?,
+        Location::File(..) => return Err(Error::Internal("files are registered, not read".into())),
+    };
+    counter.done();
+    tracing::info!(side = %endpoint.side, rows = snapshot.rows(), "snapshot read");
+    Ok(snapshot)
+}
+
+async fn register_file(
+    ctx: &SessionContext,
+    side: Side,
+    path: &Path,
+    format: FileFormat,
+) -> Result<()> {
+    if !path.is_file() {
+        return Err(Error::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("the {side} file does not exist"),
+            ),
+        });
+    }
+    let name = side.name();
+    let location = path.to_string_lossy();
+    let extension = path
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
+    let read = |e| crate::error::read_error(side, format!("opening `{location}`"), e);
+    match format {
+        FileFormat::Csv => {
+            let options = CsvReadOptions::new()
+                .has_header(true)
+                .file_extension(&extension)
+                .schema_infer_max_records(INFER_ROWS);
+            ctx.register_csv(name, location.as_ref(), options)
+                .await
+                .map_err(read)
+        }
+        FileFormat::Parquet => {
+            let options = ParquetReadOptions::default().file_extension(&extension);
+            ctx.register_parquet(name, location.as_ref(), options)
+                .await
+                .map_err(read)
+        }
+        FileFormat::Json | FileFormat::JsonLines => {
+            let mut options = JsonReadOptions::default()
+                .file_extension(&extension)
+                .schema_infer_max_records(INFER_ROWS);
+            options.newline_delimited = format == FileFormat::JsonLines;
+            ctx.register_json(name, location.as_ref(), options)
+                .await
+                .map_err(read)
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! MySQL/MariaDB snapshots: a sqlx row stream cut into batches, each column decoded by its
+//! declared type. `TIMESTAMP` is zoned (UTC, as sqlx sets the session zone to `+00:00`),
+//! `DATETIME` is not; `DECIMAL` keeps its digits and scale; unsigned `BIGINT` becomes a
+//! 20-digit decimal so no value wraps.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Timelike, Utc};
+use futures::TryStreamExt;
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlRow};
+use sqlx::{AssertSqlSafe, Column, ConnectOptions, Executor, Row, SqlSafeStr, Statement, TypeInfo};
+
+use crate::config::Endpoint;
+use crate::error::{Error, Result, read_error};
+use crate::progress::RowCounter;
+use crate::snapshot::{BATCH_ROWS, ColumnBuilder, Snapshot, batch};
+use crate::sql::{Dialect, relation_select};
+use datafusion::arrow::array::*;
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Bool,
+    Int,
+    UInt,
+    Float,
+    Double,
+    Decimal,
+    Date,
+    Datetime,
+    Timestamp,
+    Time,
+    Text,
+    Binary,
+}
+
+fn kind(type_name: &str) -> Option<Kind> {
+    Some(match type_name {
+        "BOOLEAN" => Kind::Bool,
+        "TINYINT" | "SMALLINT" | "INT" | "MEDIUMINT" | "BIGINT" | "YEAR" => Kind::Int,
+        "TINYINT UNSIGNED" | "SMALLINT UNSIGNED" | "INT UNSIGNED" | "MEDIUMINT UNSIGNED" => {
+            Kind::Int
+        }
+        "BIGINT UNSIGNED" => Kind::UInt,
+        "FLOAT" => Kind::Float,
+        "DOUBLE" => Kind::Double,
+        "DECIMAL" => Kind::Decimal,
+        "DATE" => Kind::Date,
+        "DATETIME" => Kind::Datetime,
+        "TIMESTAMP" => Kind::Timestamp,
+        "TIME" => Kind::Time,
+        "CHAR" | "VARCHAR" | "TINYTEXT" | "TEXT" | "MEDIUMTEXT" | "LONGTEXT" | "JSON" | "ENUM"
+        | "SET" => Kind::Text,
+        "BINARY" | "VARBINARY" | "TINYBLOB" | "BLOB" | "MEDIUMBLOB" | "LONGBLOB" => Kind::Binary,
+        _ => return None,
+    })
+}
+
+fn builder(kind: Kind) -> ColumnBuilder {
+    match kind {
+        Kind::Bool => ColumnBuilder::Bool(BooleanBuilder::new()),
+        Kind::Int => ColumnBuilder::Int64(Int64Builder::new()),
+        Kind::UInt | Kind::Decimal => ColumnBuilder::Decimal(Vec::new()),
+        Kind::Float => ColumnBuilder::Float32(Float32Builder::new()),
+        Kind::Double => ColumnBuilder::Float64(Float64Builder::new()),
+        Kind::Date => ColumnBuilder::Date(Date32Builder::new()),
+        Kind::Datetime => ColumnBuilder::Timestamp(TimestampMicrosecondBuilder::new(), None),
+        Kind::Timestamp => {
+            ColumnBuilder::Timestamp(TimestampMicrosecondBuilder::new(), Some(Arc::from("UTC")))
+        }
+        Kind::Time => ColumnBuilder::Time(Time64MicrosecondBuilder::new()),
+        Kind::Text => ColumnBuilder::Text(StringBuilder::new()),
+        Kind::Binary => ColumnBuilder::Binary(BinaryBuilder::new()),
+    }
+}
+
+pub async fn snapshot(
+    endpoint: &Endpoint,
+    url: &str,
+    limit: Option<usize>,
+    counter: &RowCounter,
+) -> Result<Snapshot> {
+    let side = endpoint.side;
+    let connect_error = |source| Error::Connect {
+        side,
+        url: endpoint.location.display(),
+        source,
+    };
+    let options: MySqlConnectOptions = url.parse().map_err(connect_error)?;
+    let mut conn: MySqlConnection = options.connect().await.map_err(connect_error)?;
+    let mut select = relation_select(Dialect::Mysql, &endpoint.relation);
+    if let Some(n) = limit {
+        select = format!("SELECT * FROM ({select}) AS q LIMIT {n}");
+    }
+    let described = (&mut conn)
+        .prepare(AssertSqlSafe(select.clone()).into_sql_str())
+        .await
+        .map_err(|e| read_error(side, format!("preparing `{select}`"), e))?;
+    let names: Vec<String> = described
+        .columns()
+        .iter()
+        .map(|c| c.name().to_string())
+        .collect();
+    let mut kinds = Vec::new();
+    for c in described.columns() {
+        let name = c.type_info().name();
+        kinds.push(kind(name).ok_or_else(|| {
+            read_error(side, format!("column `{}` has type {name}, which recon does not read; select `CAST({} AS CHAR)` in a `query`", c.name(), c.name()), "unsupported type")
+        })?);
+    }
+    let mut rows = sqlx::query(AssertSqlSafe(select.clone())).fetch(&mut conn);
+    let mut batches = Vec::new();
+    let mut chunk = Vec::with_capacity(BATCH_ROWS);
+    let read = |e| read_error(side, format!("reading `{select}`"), e);
+    while let Some(row) = rows.try_next().await.map_err(read)? {
+        chunk.push(row);
+        if chunk.len() == BATCH_ROWS {
+            batches.push(
+                to_batch(&names, &kinds, &chunk)
+                    .map_err(|e| read_error(side, "decoding rows", e))?,
+            );
+            counter.add(chunk.len());
+            chunk.clear();
+        }
+    }
+    counter.add(chunk.len());
+    batches
+        .push(to_batch(&names, &kinds, &chunk).map_err(|e| read_error(side, "decoding rows", e))?);
+    Snapshot::from_batches(batches)
+}
+
+fn to_batch(
+    names: &[String],
+    kinds: &[Kind],
+    rows: &[MySqlRow],
+) -> std::result::Result<
+    datafusion::arrow::record_batch::RecordBatch,
+    Box<dyn std::error::Error + Send + Sync>,
+> {
+    let mut columns = Vec::with_capacity(kinds.len());
+    for (i, kind) in kinds.iter().enumerate() {
+        let mut b = builder(*kind);
+        for row in rows {
+            push(row, i, *kind, &mut b).map_err(|e| format!("column `{}`: {e}", names[i]))?;
+        }
+        columns.push(b);
+    }
+    Ok(batch(names, columns)?)
+}
+
+type DecodeResult = std::result::Result<(), sqlx::Error>;
+
+fn push(row: &MySqlRow, i: usize, kind: Kind, b: &mut ColumnBuilder) -> DecodeResult {
+    match (kind, b) {
+        (Kind::Bool, ColumnBuilder::Bool(b)) => {
+            b.append_option(row.try_get_unchecked::<Option<bool>, _>(i)?)
+        }
+        (Kind::Int, ColumnBuilder::Int64(b)) => b.append_option(get_int(row, i)?),
+        (Kind::UInt, ColumnBuilder::Decimal(v)) => v.push(
+            row.try_get_unchecked::<Option<u64>, _>(i)?
+                .map(|n| (n as i128, 0)),
+        ),
+        (Kind::Decimal, ColumnBuilder::Decimal(v)) => v.push(
+            row.try_get_unchecked::<Option<rust_decimal::Decimal>, _>(i)?
+                .map(|d| (d.mantissa(), d.scale())),
+        ),
+        (Kind::Float, ColumnBuilder::Float32(b)) => {
+            b.append_option(row.try_get_unchecked::<Option<f32>, _>(i)?)
+        }
+        (Kind::Double, ColumnBuilder::Float64(b)) => {
+            b.append_option(row.try_get_unchecked::<Option<f64>, _>(i)?)
+        }
+        (Kind::Date, ColumnBuilder::Date(b)) => b.append_option(
+            row.try_get_unchecked::<Option<NaiveDate>, _>(i)?
+                .map(|d| (d - NaiveDate::default()).num_days() as i32),
+        ),
+        (Kind::Datetime, ColumnBuilder::Timestamp(b, _)) => b.append_option(
+            row.try_get_unchecked::<Option<NaiveDateTime>, _>(i)?
+                .map(|t| t.and_utc().timestamp_micros()),
+        ),
+        (Kind::Timestamp, ColumnBuilder::Timestamp(b, _)) => b.append_option(
+            row.try_get_unchecked::<Option<DateTime<Utc>>, _>(i)?
+                .map(|t| t.timestamp_micros()),
+        ),
+        (Kind::Time, ColumnBuilder::Time(b)) => {
+            b.append_option(row.try_get_unchecked::<Option<NaiveTime>, _>(i)?.map(|t| {
+                t.num_seconds_from_midnight() as i64 * 1_000_000 + (t.nanosecond() / 1000) as i64
+            }))
+        }
+        (Kind::Text, ColumnBuilder::Text(b)) => {
+            b.append_option(row.try_get_unchecked::<Option<String>, _>(i)?)
+        }
+        (Kind::Binary, ColumnBuilder::Binary(b)) => {
+            b.append_option(row.try_get_unchecked::<Option<Vec<u8>>, _>(i)?)
+        }
+        _ => unreachable!("builder made for its kind"),
+    }
+    Ok(())
+}
+
+/// Integers of any width; unsigned ones up to `INT UNSIGNED` fit an i64 once read unsigned.
+fn get_int(row: &MySqlRow, i: usize) -> std::result::Result<Option<i64>, sqlx::Error> {
+    let unsigned = row.columns()[i].type_info().name().ends_with("UNSIGNED");
+    Ok(if unsigned {
+        row.try_get_unchecked::<Option<u64>, _>(i)?
+            .map(|n| n as i64)
+    } else {
+        row.try_get_unchecked::<Option<i64>, _>(i)?
+    })
+}

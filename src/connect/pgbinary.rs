@@ -1,0 +1,364 @@
+//! Decoder for PostgreSQL's binary `COPY ... TO STDOUT (FORMAT binary)` stream into Arrow
+//! batches. It is fed chunks as they arrive (a chunk may end anywhere, even inside a field) and
+//! yields a batch every [`BATCH_ROWS`] rows. Values are decoded exactly: `numeric` keeps its digits
+//! and scale, timestamps keep microseconds, `uuid` becomes its canonical text.
+
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use datafusion::arrow::array::{
+    BinaryBuilder, BooleanBuilder, Date32Builder, Float32Builder, Float64Builder, Int16Builder,
+    Int32Builder, Int64Builder, StringBuilder, Time64MicrosecondBuilder,
+    TimestampMicrosecondBuilder,
+};
+use datafusion::arrow::record_batch::RecordBatch;
+
+use crate::snapshot::{BATCH_ROWS, ColumnBuilder, batch};
+
+/// How a column's binary value is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgKind {
+    Bool,
+    Int2,
+    Int4,
+    Int8,
+    Oid,
+    Float4,
+    Float8,
+    Numeric,
+    Text,
+    Jsonb,
+    Bytea,
+    Date,
+    Timestamp,
+    TimestampTz,
+    Time,
+    Uuid,
+}
+
+impl PgKind {
+    /// The kind for a PostgreSQL type name (as sqlx reports it); `None` means "read it as text".
+    pub fn from_type_name(name: &str) -> Option<PgKind> {
+        Some(match name {
+            "BOOL" => PgKind::Bool,
+            "INT2" => PgKind::Int2,
+            "INT4" => PgKind::Int4,
+            "INT8" => PgKind::Int8,
+            "OID" => PgKind::Oid,
+            "FLOAT4" => PgKind::Float4,
+            "FLOAT8" => PgKind::Float8,
+            "NUMERIC" => PgKind::Numeric,
+            "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "JSON" | "CHAR" | "CITEXT" => PgKind::Text,
+            "JSONB" => PgKind::Jsonb,
+            "BYTEA" => PgKind::Bytea,
+            "DATE" => PgKind::Date,
+            "TIMESTAMP" => PgKind::Timestamp,
+            "TIMESTAMPTZ" => PgKind::TimestampTz,
+            "TIME" => PgKind::Time,
+            "UUID" => PgKind::Uuid,
+            _ => return None,
+        })
+    }
+
+    fn builder(self) -> ColumnBuilder {
+        let n = BATCH_ROWS;
+        match self {
+            PgKind::Bool => ColumnBuilder::Bool(BooleanBuilder::with_capacity(n)),
+            PgKind::Int2 => ColumnBuilder::Int16(Int16Builder::with_capacity(n)),
+            PgKind::Int4 => ColumnBuilder::Int32(Int32Builder::with_capacity(n)),
+            PgKind::Int8 | PgKind::Oid => ColumnBuilder::Int64(Int64Builder::with_capacity(n)),
+            PgKind::Float4 => ColumnBuilder::Float32(Float32Builder::with_capacity(n)),
+            PgKind::Float8 => ColumnBuilder::Float64(Float64Builder::with_capacity(n)),
+            PgKind::Numeric => ColumnBuilder::Decimal(Vec::with_capacity(n)),
+            PgKind::Text | PgKind::Jsonb | PgKind::Uuid => {
+                ColumnBuilder::Text(StringBuilder::with_capacity(n, n * 16))
+            }
+            PgKind::Bytea => ColumnBuilder::Binary(BinaryBuilder::with_capacity(n, n * 16)),
+            PgKind::Date => ColumnBuilder::Date(Date32Builder::with_capacity(n)),
+            PgKind::Timestamp => {
+                ColumnBuilder::Timestamp(TimestampMicrosecondBuilder::with_capacity(n), None)
+            }
+            PgKind::TimestampTz => ColumnBuilder::Timestamp(
+                TimestampMicrosecondBuilder::with_capacity(n),
+                Some(Arc::from("UTC")),
+            ),
+            PgKind::Time => ColumnBuilder::Time(Time64MicrosecondBuilder::with_capacity(n)),
+        }
+    }
+}
+
+/// Days from 1970-01-01 to PostgreSQL's epoch, 2000-01-01.
+const PG_EPOCH_DAYS: i32 = 10_957;
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+
+/// A decoding failure: which column, and what was wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("column `{column}`: {message}")]
+pub struct DecodeError {
+    pub column: String,
+    pub message: String,
+}
+
+pub struct Decoder {
+    names: Vec<String>,
+    kinds: Vec<PgKind>,
+    builders: Vec<ColumnBuilder>,
+    buf: BytesMut,
+    header_done: bool,
+    finished: bool,
+}
+
+impl Decoder {
+    pub fn new(names: Vec<String>, kinds: Vec<PgKind>) -> Decoder {
+        let builders = kinds.iter().map(|k| k.builder()).collect();
+        Decoder {
+            names,
+            kinds,
+            builders,
+            buf: BytesMut::new(),
+            header_done: false,
+            finished: false,
+        }
+    }
+
+    /// Feed one chunk; returns the batches completed by it.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<RecordBatch>, DecodeError> {
+        self.buf.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        if !self.header_done && !self.read_header()? {
+            return Ok(out);
+        }
+        while !self.finished && self.tuple_ready()? {
+            self.read_tuple()?;
+            if self.builders[0].len() >= BATCH_ROWS {
+                out.push(self.take_batch()?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The last, partial (possibly empty) batch; an error if the stream ended early.
+    pub fn finish(mut self) -> Result<RecordBatch, DecodeError> {
+        if !self.finished {
+            return Err(self.error(0, "the COPY stream ended before its trailer"));
+        }
+        self.take_batch()
+    }
+
+    fn take_batch(&mut self) -> Result<RecordBatch, DecodeError> {
+        let fresh = self.kinds.iter().map(|k| k.builder()).collect();
+        let builders = std::mem::replace(&mut self.builders, fresh);
+        batch(&self.names, builders).map_err(|e| self.error(0, &e.to_string()))
+    }
+
+    fn error(&self, column: usize, message: &str) -> DecodeError {
+        DecodeError {
+            column: self.names.get(column).cloned().unwrap_or_default(),
+            message: message.to_string(),
+        }
+    }
+
+    fn read_header(&mut self) -> Result<bool, DecodeError> {
+        if self.buf.len() < SIGNATURE.len() + 8 {
+            return Ok(false);
+        }
+        if &self.buf[..SIGNATURE.len()] != SIGNATURE {
+            return Err(self.error(0, "not a binary COPY stream"));
+        }
+        let ext = u32::from_be_bytes(self.buf[15..19].try_into().unwrap_or_default()) as usize;
+        if self.buf.len() < 19 + ext {
+            return Ok(false);
+        }
+        self.buf.advance(19 + ext);
+        self.header_done = true;
+        Ok(true)
+    }
+
+    /// Whether a whole tuple (or the trailer) is buffered.
+    fn tuple_ready(&self) -> Result<bool, DecodeError> {
+        let b = &self.buf[..];
+        if b.len() < 2 {
+            return Ok(false);
+        }
+        let fields = i16::from_be_bytes([b[0], b[1]]);
+        if fields == -1 {
+            return Ok(true);
+        }
+        if fields as usize != self.kinds.len() {
+            return Err(self.error(
+                0,
+                &format!("a row has {fields} fields, expected {}", self.kinds.len()),
+            ));
+        }
+        let mut pos = 2;
+        for _ in 0..fields {
+            if b.len() < pos + 4 {
+                return Ok(false);
+            }
+            let len = i32::from_be_bytes(b[pos..pos + 4].try_into().unwrap_or_default());
+            pos += 4 + len.max(0) as usize;
+        }
+        Ok(b.len() >= pos)
+    }
+
+    fn read_tuple(&mut self) -> Result<(), DecodeError> {
+        let fields = self.buf.get_i16();
+        if fields == -1 {
+            self.finished = true;
+            return Ok(());
+        }
+        for i in 0..self.kinds.len() {
+            let len = self.buf.get_i32();
+            if len < 0 {
+                self.builders[i].push_null();
+                continue;
+            }
+            let value = self.buf.split_to(len as usize);
+            decode(self.kinds[i], &value, &mut self.builders[i]).map_err(|m| self.error(i, &m))?;
+        }
+        Ok(())
+    }
+}
+
+fn be<const N: usize>(v: &[u8]) -> Result<[u8; N], String> {
+    v.try_into()
+        .map_err(|_| format!("expected {N} bytes, got {}", v.len()))
+}
+
+fn utf8(v: &[u8]) -> Result<&str, String> {
+    std::str::from_utf8(v).map_err(|e| format!("invalid UTF-8: {e}"))
+}
+
+fn decode(kind: PgKind, v: &[u8], builder: &mut ColumnBuilder) -> Result<(), String> {
+    match (kind, builder) {
+        (PgKind::Bool, ColumnBuilder::Bool(b)) => b.append_value(v.first() == Some(&1)),
+        (PgKind::Int2, ColumnBuilder::Int16(b)) => b.append_value(i16::from_be_bytes(be(v)?)),
+        (PgKind::Int4, ColumnBuilder::Int32(b)) => b.append_value(i32::from_be_bytes(be(v)?)),
+        (PgKind::Int8, ColumnBuilder::Int64(b)) => b.append_value(i64::from_be_bytes(be(v)?)),
+        (PgKind::Oid, ColumnBuilder::Int64(b)) => b.append_value(u32::from_be_bytes(be(v)?).into()),
+        (PgKind::Float4, ColumnBuilder::Float32(b)) => b.append_value(f32::from_be_bytes(be(v)?)),
+        (PgKind::Float8, ColumnBuilder::Float64(b)) => b.append_value(f64::from_be_bytes(be(v)?)),
+        (PgKind::Numeric, ColumnBuilder::Decimal(values)) => values.push(Some(numeric(v)?)),
+        (PgKind::Text, ColumnBuilder::Text(b)) => b.append_value(utf8(v)?),
+        (PgKind::Jsonb, ColumnBuilder::Text(b)) => {
+            b.append_value(utf8(v.get(1..).unwrap_or_default())?)
+        }
+        (PgKind::Uuid, ColumnBuilder::Text(b)) => b.append_value(uuid(v)?),
+        (PgKind::Bytea, ColumnBuilder::Binary(b)) => b.append_value(v),
+        (PgKind::Date, ColumnBuilder::Date(b)) => {
+            let days = i32::from_be_bytes(be(v)?);
+            b.append_value(
+                days.checked_add(PG_EPOCH_DAYS)
+                    .ok_or("date is infinity; cast it in a `query`")?,
+            )
+        }
+        (PgKind::Timestamp | PgKind::TimestampTz, ColumnBuilder::Timestamp(b, _)) => {
+            let us = i64::from_be_bytes(be(v)?);
+            b.append_value(
+                us.checked_add(PG_EPOCH_MICROS)
+                    .ok_or("timestamp is infinity; cast it in a `query`")?,
+            )
+        }
+        (PgKind::Time, ColumnBuilder::Time(b)) => b.append_value(i64::from_be_bytes(be(v)?)),
+        (kind, _) => return Err(format!("internal: no builder for {kind:?}")),
+    }
+    Ok(())
+}
+
+fn uuid(v: &[u8]) -> Result<String, String> {
+    let b: [u8; 16] = be(v)?;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    ))
+}
+
+/// A binary `numeric` as (mantissa, scale): digits are base 10000, `weight` is the power of the
+/// first digit, `dscale` the number of decimal digits after the point.
+pub fn numeric(v: &[u8]) -> Result<(i128, u32), String> {
+    if v.len() < 8 {
+        return Err("truncated numeric".into());
+    }
+    let ndigits = u16::from_be_bytes([v[0], v[1]]) as usize;
+    let weight = i16::from_be_bytes([v[2], v[3]]) as i32;
+    let sign = u16::from_be_bytes([v[4], v[5]]);
+    let dscale = u16::from_be_bytes([v[6], v[7]]) as i32;
+    if sign == 0xC000 || sign == 0xD000 || sign == 0xF000 {
+        return Err(
+            "numeric NaN or infinity cannot be compared exactly; filter or cast it in a `query`"
+                .into(),
+        );
+    }
+    if v.len() < 8 + ndigits * 2 {
+        return Err("truncated numeric".into());
+    }
+    let overflow =
+        || "numeric value has more than 38 digits; cast it to float8 in a `query`".to_string();
+    let mut n: i128 = 0;
+    for i in 0..ndigits {
+        let d = u16::from_be_bytes([v[8 + 2 * i], v[9 + 2 * i]]) as i128;
+        n = n
+            .checked_mul(10_000)
+            .and_then(|n| n.checked_add(d))
+            .ok_or_else(overflow)?;
+    }
+    // n × 10000^(weight - ndigits + 1) × 10^dscale is the mantissa.
+    let exp = 4 * (weight - ndigits as i32 + 1) + dscale;
+    let n = if exp >= 0 {
+        10i128
+            .checked_pow(exp as u32)
+            .and_then(|f| n.checked_mul(f))
+            .ok_or_else(overflow)?
+    } else {
+        n / 10i128.checked_pow((-exp) as u32).ok_or_else(overflow)?
+    };
+    let n = if sign == 0x4000 { -n } else { n };
+    Ok((n, dscale as u32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(ndigits: &[u16], weight: i16, neg: bool, dscale: u16) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend((ndigits.len() as u16).to_be_bytes());
+        v.extend(weight.to_be_bytes());
+        v.extend((if neg { 0x4000u16 } else { 0 }).to_be_bytes());
+        v.extend(dscale.to_be_bytes());
+        for d in ndigits {
+            v.extend(d.to_be_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn numeric_keeps_digits_and_scale() {
+        // 12.50: digits [12, 5000], weight 0, dscale 2
+        assert_eq!(
+            numeric(&encode(&[12, 5000], 0, false, 2)).unwrap(),
+            (1250, 2)
+        );
+        // -0.0001: digits [1], weight -1, dscale 4
+        assert_eq!(numeric(&encode(&[1], -1, true, 4)).unwrap(), (-1, 4));
+        // 20000: digits [2], weight 1, dscale 0
+        assert_eq!(numeric(&encode(&[2], 1, false, 0)).unwrap(), (20000, 0));
+        // 0 with scale 3
+        assert_eq!(numeric(&encode(&[], 0, false, 3)).unwrap(), (0, 3));
+    }
+
+    #[test]
+    fn uuid_is_canonical_text() {
+        let bytes: Vec<u8> = (0u8..16).collect();
+        assert_eq!(
+            uuid(&bytes).unwrap(),
+            "00010203-0405-0607-0809-0a0b0c0d0e0f"
+        );
+    }
+}

@@ -1,0 +1,93 @@
+//! PostgreSQL snapshots through binary `COPY (SELECT …) TO STDOUT`, decoded straight into Arrow
+//! (about four times faster than decoding sqlx rows). The statement is described first so each
+//! column gets an exact Arrow type; columns of types recon does not decode (intervals, arrays,
+//! enums, geometry, …) are read as their text form (`::text`).
+
+use futures::StreamExt;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{AssertSqlSafe, Column, ConnectOptions, Executor, SqlSafeStr, Statement, TypeInfo};
+
+use super::pgbinary::{Decoder, PgKind};
+use crate::config::Endpoint;
+use crate::error::{Error, Result, read_error};
+use crate::progress::RowCounter;
+use crate::snapshot::Snapshot;
+use crate::sql::{Dialect, quote, relation_select};
+
+pub async fn connect(endpoint: &Endpoint, url: &str) -> Result<PgConnection> {
+    let connect_error = |source| Error::Connect {
+        side: endpoint.side,
+        url: endpoint.location.display(),
+        source,
+    };
+    let options: PgConnectOptions = url.parse().map_err(connect_error)?;
+    options
+        .application_name("recon")
+        .connect()
+        .await
+        .map_err(connect_error)
+}
+
+/// Read the endpoint's snapshot; `limit` caps the rows (used by `check` to sample).
+pub async fn snapshot(
+    endpoint: &Endpoint,
+    url: &str,
+    limit: Option<usize>,
+    counter: &RowCounter,
+) -> Result<Snapshot> {
+    let side = endpoint.side;
+    let mut conn = connect(endpoint, url).await?;
+    let select = relation_select(Dialect::Standard, &endpoint.relation);
+    let described = (&mut conn)
+        .prepare(AssertSqlSafe(select.clone()).into_sql_str())
+        .await
+        .map_err(|e| read_error(side, format!("preparing `{select}`"), e))?;
+    let mut names = Vec::new();
+    let mut kinds = Vec::new();
+    let mut projection = Vec::new();
+    for column in described.columns() {
+        let name = column.name().to_string();
+        let kind = PgKind::from_type_name(column.type_info().name());
+        projection.push(match kind {
+            Some(_) => format!("q.{}", quote(&name)),
+            None => format!("q.{}::text AS {}", quote(&name), quote(&name)),
+        });
+        kinds.push(kind.unwrap_or(PgKind::Text));
+        names.push(name);
+    }
+    let limit = limit.map_or(String::new(), |n| format!(" LIMIT {n}"));
+    let copy = format!(
+        "COPY (SELECT {} FROM ({select}) AS q{limit}) TO STDOUT (FORMAT binary)",
+        projection.join(", ")
+    );
+    let mut decoder = Decoder::new(names, kinds);
+    let mut batches = Vec::new();
+    let mut stream = conn
+        .copy_out_raw(&copy)
+        .await
+        .map_err(|e| read_error(side, format!("starting `{copy}`"), e))?;
+    // Read to the end even after a decode error, so the connection leaves COPY mode cleanly.
+    let mut failure = None;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| read_error(side, "reading the COPY stream", e))?;
+        if failure.is_some() {
+            continue;
+        }
+        match decoder.push(&chunk) {
+            Ok(done) => {
+                done.iter().for_each(|b| counter.add(b.num_rows()));
+                batches.extend(done);
+            }
+            Err(e) => failure = Some(e),
+        }
+    }
+    if let Some(e) = failure {
+        return Err(read_error(side, "decoding the COPY stream", e));
+    }
+    let last = decoder
+        .finish()
+        .map_err(|e| read_error(side, "decoding the COPY stream", e))?;
+    counter.add(last.num_rows());
+    batches.push(last);
+    Snapshot::from_batches(batches)
+}

@@ -1,0 +1,167 @@
+//! SQLite snapshots. SQLite stores each value with its own type whatever the column declares (a
+//! `NUMERIC` column holds integers and reals side by side, timestamps are often text), so each
+//! column's Arrow type is chosen from the values actually read: integers → Int64, integers and
+//! reals → Float64, any text → Utf8, blobs → Binary. A declared `BOOLEAN` of 0/1 becomes Boolean.
+//! The file is opened read-only.
+
+use futures::TryStreamExt;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteRow};
+use sqlx::{
+    AssertSqlSafe, Column, ConnectOptions, Executor, Row, SqlSafeStr, Statement, TypeInfo, ValueRef,
+};
+
+use crate::config::Endpoint;
+use crate::error::{Error, Result, read_error};
+use crate::progress::RowCounter;
+use crate::snapshot::{BATCH_ROWS, ColumnBuilder, Snapshot, batch};
+use crate::sql::{Dialect, relation_select};
+use datafusion::arrow::array::*;
+
+/// The storage classes seen in one column of one batch.
+#[derive(Default, Clone, Copy)]
+struct Seen {
+    integer: bool,
+    real: bool,
+    text: bool,
+    blob: bool,
+}
+
+pub async fn open(endpoint: &Endpoint, path: &std::path::Path) -> Result<SqliteConnection> {
+    if !path.exists() {
+        return Err(Error::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("the {} SQLite file does not exist", endpoint.side),
+            ),
+        });
+    }
+    SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true)
+        .connect()
+        .await
+        .map_err(|source| Error::Connect {
+            side: endpoint.side,
+            url: endpoint.location.display(),
+            source,
+        })
+}
+
+pub async fn snapshot(
+    endpoint: &Endpoint,
+    path: &std::path::Path,
+    limit: Option<usize>,
+    counter: &RowCounter,
+) -> Result<Snapshot> {
+    let side = endpoint.side;
+    let mut conn = open(endpoint, path).await?;
+    let mut select = relation_select(Dialect::Standard, &endpoint.relation);
+    if let Some(n) = limit {
+        select = format!("SELECT * FROM ({select}) LIMIT {n}");
+    }
+    let described = (&mut conn)
+        .prepare(AssertSqlSafe(select.clone()).into_sql_str())
+        .await
+        .map_err(|e| read_error(side, format!("preparing `{select}`"), e))?;
+    let names: Vec<String> = described
+        .columns()
+        .iter()
+        .map(|c| c.name().to_string())
+        .collect();
+    let declared: Vec<String> = described
+        .columns()
+        .iter()
+        .map(|c| c.type_info().name().to_ascii_uppercase())
+        .collect();
+    let mut rows = sqlx::query(AssertSqlSafe(select.clone())).fetch(&mut conn);
+    let mut batches = Vec::new();
+    let mut chunk = Vec::with_capacity(BATCH_ROWS);
+    let read = |e| read_error(side, format!("reading `{select}`"), e);
+    while let Some(row) = rows.try_next().await.map_err(read)? {
+        chunk.push(row);
+        if chunk.len() == BATCH_ROWS {
+            batches.push(to_batch(&names, &declared, &chunk).map_err(read)?);
+            counter.add(chunk.len());
+            chunk.clear();
+        }
+    }
+    counter.add(chunk.len());
+    batches.push(to_batch(&names, &declared, &chunk).map_err(read)?);
+    Snapshot::from_batches(batches)
+}
+
+fn to_batch(
+    names: &[String],
+    declared: &[String],
+    rows: &[SqliteRow],
+) -> std::result::Result<datafusion::arrow::record_batch::RecordBatch, sqlx::Error> {
+    let mut columns = Vec::with_capacity(names.len());
+    for i in 0..names.len() {
+        let seen = classes(rows, i)?;
+        columns.push(column(rows, i, seen, &declared[i])?);
+    }
+    batch(names, columns).map_err(|e| sqlx::Error::Decode(e.to_string().into()))
+}
+
+fn classes(rows: &[SqliteRow], i: usize) -> std::result::Result<Seen, sqlx::Error> {
+    let mut seen = Seen::default();
+    for row in rows {
+        let value = row.try_get_raw(i)?;
+        if value.is_null() {
+            continue;
+        }
+        match value.type_info().name() {
+            "INTEGER" | "BOOLEAN" => seen.integer = true,
+            "REAL" => seen.real = true,
+            "BLOB" => seen.blob = true,
+            _ => seen.text = true,
+        }
+    }
+    Ok(seen)
+}
+
+fn column(
+    rows: &[SqliteRow],
+    i: usize,
+    seen: Seen,
+    declared: &str,
+) -> std::result::Result<ColumnBuilder, sqlx::Error> {
+    let n = rows.len();
+    let mut b = match seen {
+        Seen { text: true, .. } => ColumnBuilder::Text(StringBuilder::new()),
+        Seen { blob: true, .. } => ColumnBuilder::Binary(BinaryBuilder::new()),
+        Seen { real: true, .. } => ColumnBuilder::Float64(Float64Builder::new()),
+        Seen { integer: true, .. } if declared.starts_with("BOOL") => {
+            ColumnBuilder::Bool(BooleanBuilder::new())
+        }
+        Seen { integer: true, .. } => ColumnBuilder::Int64(Int64Builder::new()),
+        _ => ColumnBuilder::Null(0),
+    };
+    for row in rows {
+        if row.try_get_raw(i)?.is_null() {
+            b.push_null();
+            continue;
+        }
+        match &mut b {
+            ColumnBuilder::Text(t) => t.append_value(text_of(row, i)?),
+            ColumnBuilder::Binary(t) => t.append_value(row.try_get_unchecked::<Vec<u8>, _>(i)?),
+            ColumnBuilder::Float64(t) => t.append_value(row.try_get_unchecked::<f64, _>(i)?),
+            ColumnBuilder::Bool(t) => t.append_value(row.try_get_unchecked::<i64, _>(i)? != 0),
+            ColumnBuilder::Int64(t) => t.append_value(row.try_get_unchecked::<i64, _>(i)?),
+            _ => b.push_null(),
+        }
+    }
+    debug_assert_eq!(b.len(), n);
+    Ok(b)
+}
+
+/// A value as text, whatever its storage class (numbers in a column that also holds text).
+fn text_of(row: &SqliteRow, i: usize) -> std::result::Result<String, sqlx::Error> {
+    let value = row.try_get_raw(i)?;
+    Ok(match value.type_info().name() {
+        "INTEGER" | "BOOLEAN" => row.try_get_unchecked::<i64, _>(i)?.to_string(),
+        "REAL" => row.try_get_unchecked::<f64, _>(i)?.to_string(),
+        _ => row.try_get_unchecked::<String, _>(i)?,
+    })
+}

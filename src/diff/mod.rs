@@ -1,0 +1,323 @@
+//! The diff: with both snapshots registered as `source` and `destination`, project each into the
+//! views `s` and `d` (mapped key and compared columns, renamed `k0…`, `v0…` and cast to their
+//! common types), check the keys (queries/key_checks.sql), then run queries/diff.sql — or the
+//! user's `diff_query` wrapped by queries/user_diff.sql — read-only, and collect the changeset.
+
+mod resolve;
+mod rows;
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::execution::context::SQLOptions;
+use datafusion::prelude::{DataFrame, Expr, SessionContext, cast, ident, lit};
+use datafusion::scalar::ScalarValue;
+use futures::StreamExt;
+
+pub use resolve::{Mapped, Resolved, resolve};
+pub use rows::json_value;
+
+use crate::changeset::Changeset;
+use crate::config::Job;
+use crate::error::{Error, Result, Side};
+
+const DIFF_SQL: &str = include_str!("../../queries/diff.sql");
+const USER_DIFF_SQL: &str = include_str!("../../queries/user_diff.sql");
+const KEY_CHECKS_SQL: &str = include_str!("../../queries/key_checks.sql");
+
+/// Read-only: no DDL, no DML, no `SET`.
+fn read_only() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
+/// Run SQL read-only in the session.
+pub async fn sql(ctx: &SessionContext, query: &str) -> Result<DataFrame> {
+    Ok(ctx.sql_with_options(query, read_only()).await?)
+}
+
+/// Resolve the mapping against the registered snapshots.
+pub async fn resolve_registered(ctx: &SessionContext, job: &Job) -> Result<Resolved> {
+    let source = ctx.table(Side::Source.name()).await?;
+    let destination = ctx.table(Side::Destination.name()).await?;
+    resolve(
+        job,
+        source.schema().as_arrow(),
+        destination.schema().as_arrow(),
+    )
+    .map_err(Error::Mapping)
+}
+
+/// Compute the changeset of the registered snapshots, listing at most `limit` changes.
+pub async fn changeset(ctx: &SessionContext, job: &Job, limit: Option<usize>) -> Result<Changeset> {
+    let resolved = resolve_registered(ctx, job).await?;
+    register_view(ctx, Side::Source, &resolved).await?;
+    register_view(ctx, Side::Destination, &resolved).await?;
+    check_keys(
+        ctx,
+        Side::Source,
+        &resolved
+            .keys
+            .iter()
+            .map(|m| m.source.clone())
+            .collect::<Vec<_>>(),
+    )
+    .await?;
+    check_keys(ctx, Side::Destination, &resolved.key_names()).await?;
+    let query = match &job.diff_query {
+        None => render_diff(DIFF_SQL, &resolved, "s"),
+        Some(path) => user_diff(ctx, path, &resolved).await?,
+    };
+    let mut collector = rows::Collector::new(resolved.keys.len(), resolved.compared.len(), limit);
+    let mut stream = sql(ctx, &query).await?.execute_stream().await?;
+    while let Some(batch) = stream.next().await {
+        collector.add(&batch?)?;
+    }
+    let mut summary = collector.summary;
+    summary.source_rows = ctx.table("s").await?.count().await? as u64;
+    summary.destination_rows = ctx.table("d").await?.count().await? as u64;
+    summary.unchanged = summary
+        .source_rows
+        .saturating_sub(summary.insert + summary.update);
+    Ok(Changeset {
+        job: job.name.clone(),
+        key_columns: resolved.key_names(),
+        compared_columns: resolved.compared_names(),
+        summary,
+        changes: collector.changes,
+    })
+}
+
+fn view_alias(side: Side) -> &'static str {
+    match side {
+        Side::Source => "s",
+        Side::Destination => "d",
+    }
+}
+
+fn cast_to(name: &str, from: &DataType, to: &DataType) -> Expr {
+    if from == to {
+        ident(name)
+    } else {
+        cast(ident(name), to.clone())
+    }
+}
+
+/// Register `s` or `d`: the side's mapped columns renamed and cast, plus `id` and `__present`.
+async fn register_view(ctx: &SessionContext, side: Side, resolved: &Resolved) -> Result<()> {
+    let pick = |m: &Mapped| match side {
+        Side::Source => (m.source.clone(), m.source_type.clone()),
+        Side::Destination => (m.destination.clone(), m.destination_type.clone()),
+    };
+    let mut exprs = Vec::new();
+    for (prefix, mapped) in [("k", &resolved.keys), ("v", &resolved.compared)] {
+        for (i, m) in mapped.iter().enumerate() {
+            let (name, from) = pick(m);
+            exprs.push(cast_to(&name, &from, &m.common).alias(format!("{prefix}{i}")));
+        }
+    }
+    if side == Side::Destination {
+        exprs.push(match &resolved.id {
+            Some((id, _)) => ident(id).alias("id"),
+            None => lit(ScalarValue::Null).alias("id"),
+        });
+    }
+    exprs.push(lit(true).alias("__present"));
+    let view = ctx.table(side.name()).await?.select(exprs)?.into_view();
+    ctx.register_table(view_alias(side), view)?;
+    Ok(())
+}
+
+/// One `-- name:` section of a query file.
+fn section<'a>(file: &'a str, name: &str) -> &'a str {
+    let marker = format!("-- name: {name}\n");
+    let start = file.find(&marker).map_or(0, |i| i + marker.len());
+    let end = file[start..]
+        .find("-- name: ")
+        .map_or(file.len(), |i| start + i);
+    &file[start..end]
+}
+
+fn list(n: usize, item: impl Fn(usize) -> String, sep: &str) -> String {
+    (0..n).map(item).collect::<Vec<_>>().join(sep)
+}
+
+/// Key checks for one side: NULL keys, then duplicate keys, each a typed error with a sample.
+async fn check_keys(ctx: &SessionContext, side: Side, key_columns: &[String]) -> Result<()> {
+    let keys = key_columns.len();
+    let alias = view_alias(side);
+    let render = |name: &str| {
+        section(KEY_CHECKS_SQL, name)
+            .replace("{{side}}", alias)
+            .replace("{{keys}}", &list(keys, |i| format!("k{i}"), ", "))
+            .replace(
+                "{{any_key_null}}",
+                &format!("({})", list(keys, |i| format!("(k{i} IS NULL)"), " OR ")),
+            )
+    };
+    let counts = sql(ctx, &render("counts")).await?.collect().await?;
+    let count = |col: &str| -> u64 {
+        counts
+            .first()
+            .and_then(|b| b.column_by_name(col))
+            .map(|a| json_value(a, 0).as_u64().unwrap_or(0))
+            .unwrap_or(0)
+    };
+    let (nulls, duplicates) = (count("null_keys"), count("duplicate_keys"));
+    if nulls == 0 && duplicates == 0 {
+        return Ok(());
+    }
+    let which = if nulls > 0 {
+        "null_sample"
+    } else {
+        "duplicate_sample"
+    };
+    let sample = sample_keys(
+        &sql(ctx, &render(which)).await?.collect().await?,
+        key_columns,
+    );
+    let columns = key_columns.join(", ");
+    Err(if nulls > 0 {
+        Error::NullKeys {
+            side,
+            columns,
+            count: nulls,
+            sample,
+        }
+    } else {
+        Error::DuplicateKeys {
+            side,
+            columns,
+            count: duplicates,
+            sample,
+        }
+    })
+}
+
+fn sample_keys(
+    batches: &[datafusion::arrow::record_batch::RecordBatch],
+    names: &[String],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for b in batches {
+        for row in 0..b.num_rows() {
+            let mut parts: Vec<String> = names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    format!(
+                        "{n}={}",
+                        crate::changeset::display(&json_value(b.column(i), row))
+                    )
+                })
+                .collect();
+            if let Some(copies) = b.column_by_name("copies") {
+                parts.push(format!("({} rows)", json_value(copies, row)));
+            }
+            out.push(parts.join(", "));
+        }
+    }
+    out
+}
+
+/// Fill a diff template for `n` keys and `m` compared columns; `left` is the view holding the
+/// new values (`s`, or `u` for a user diff).
+fn render_diff(template: &str, resolved: &Resolved, left: &str) -> String {
+    let (n, m) = (resolved.keys.len(), resolved.compared.len());
+    let distinct = |i: usize| format!("({left}.v{i} IS DISTINCT FROM d.v{i})");
+    let keys = match left {
+        "s" => list(
+            n,
+            |i| format!("COALESCE(s.k{i}, d.k{i}) AS k{i}"),
+            ",\n    ",
+        ),
+        _ => list(n, |i| format!("{left}.k{i} AS k{i}"), ",\n    "),
+    };
+    let any_changed = if m == 0 {
+        "FALSE".to_string()
+    } else {
+        format!("({})", list(m, distinct, " OR "))
+    };
+    template
+        .replace("{{keys}}", &keys)
+        .replace(
+            "{{values}}",
+            &list(
+                m,
+                |i| format!("{left}.v{i} AS s_v{i}, d.v{i} AS d_v{i},"),
+                "\n    ",
+            ),
+        )
+        .replace(
+            "{{changed}}",
+            &list(m, |i| format!("{} AS c{i},", distinct(i)), "\n    "),
+        )
+        .replace(
+            "{{key_join}}",
+            &list(n, |i| format!("({left}.k{i} = d.k{i})"), " AND "),
+        )
+        .replace("{{any_changed}}", &any_changed)
+        .replace("{{order_keys}}", &list(n, |i| format!("k{i}"), ", "))
+}
+
+/// Register the user's diff query as `u` (its destination-named columns renamed and cast like
+/// `d`), refuse unknown actions, and return the wrapping query.
+async fn user_diff(
+    ctx: &SessionContext,
+    path: &std::path::Path,
+    resolved: &Resolved,
+) -> Result<String> {
+    let bad = |reason: String| Error::DiffQuery {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let raw = sql(ctx, &text).await.map_err(|e| bad(e.to_string()))?;
+    let schema = raw.schema().as_arrow().clone();
+    let mut exprs = vec![cast(ident("action"), DataType::Utf8).alias("action")];
+    let mut missing = Vec::new();
+    for name in ["action"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(resolved.key_names())
+        .chain(resolved.compared_names())
+    {
+        if schema.field_with_name(&name).is_err() {
+            missing.push(format!("`{name}`"));
+        }
+    }
+    if !missing.is_empty() {
+        return Err(bad(format!("it does not return {}", missing.join(", "))));
+    }
+    for (prefix, mapped) in [("k", &resolved.keys), ("v", &resolved.compared)] {
+        for (i, m) in mapped.iter().enumerate() {
+            exprs.push(cast(ident(&m.destination), m.common.clone()).alias(format!("{prefix}{i}")));
+        }
+    }
+    ctx.register_table("u", raw.select(exprs)?.into_view())?;
+    let bad_actions = sql(ctx, section(KEY_CHECKS_SQL, "bad_actions"))
+        .await?
+        .collect()
+        .await?;
+    let found: Vec<String> = bad_actions
+        .iter()
+        .flat_map(|b| {
+            (0..b.num_rows()).map(move |r| crate::changeset::display(&json_value(b.column(0), r)))
+        })
+        .collect();
+    if !found.is_empty() {
+        return Err(bad(format!(
+            "it returns action {}, expected insert, update or delete",
+            found.join(", ")
+        )));
+    }
+    Ok(render_diff(USER_DIFF_SQL, resolved, "u"))
+}
+
+/// A fresh DataFusion session for one run.
+pub fn session() -> SessionContext {
+    SessionContext::new()
+}

@@ -1,0 +1,141 @@
+//! Resolving the job's column mapping against the two snapshot schemas: every mapped column must
+//! exist, and every pair must have a common type (src/types.rs). All problems are collected, so
+//! `recon check` can list them at once.
+
+use datafusion::arrow::datatypes::{DataType, Schema};
+
+use crate::config::{ColumnPair, Job};
+use crate::error::{Error, Side};
+use crate::types;
+
+/// A mapped pair of columns with the type both are compared in.
+#[derive(Debug, Clone)]
+pub struct Mapped {
+    pub source: String,
+    pub destination: String,
+    pub source_type: DataType,
+    pub destination_type: DataType,
+    pub common: DataType,
+}
+
+/// The job's mapping, checked against the snapshots.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub keys: Vec<Mapped>,
+    pub compared: Vec<Mapped>,
+    /// The destination id column and its type.
+    pub id: Option<(String, DataType)>,
+}
+
+impl Resolved {
+    pub fn key_names(&self) -> Vec<String> {
+        self.keys.iter().map(|m| m.destination.clone()).collect()
+    }
+
+    pub fn compared_names(&self) -> Vec<String> {
+        self.compared
+            .iter()
+            .map(|m| m.destination.clone())
+            .collect()
+    }
+}
+
+/// Check the mapping against the schemas; every problem is returned.
+pub fn resolve(job: &Job, source: &Schema, destination: &Schema) -> Result<Resolved, Vec<Error>> {
+    let mut problems = Vec::new();
+    let id = job.destination.id.as_ref().and_then(|id| {
+        lookup(Side::Destination, destination, id, &mut problems).map(|t| (id.clone(), t))
+    });
+    let keys = map_all(&job.keys, source, destination, &mut problems);
+    let pairs = match &job.compare {
+        Some(pairs) => pairs.clone(),
+        None => same_named(job, source, destination),
+    };
+    let compared = map_all(&pairs, source, destination, &mut problems);
+    if problems.is_empty() {
+        Ok(Resolved { keys, compared, id })
+    } else {
+        Err(problems)
+    }
+}
+
+/// `[compare]` omitted: every source column that the destination has by the same name, except
+/// key columns and the destination id.
+fn same_named(job: &Job, source: &Schema, destination: &Schema) -> Vec<ColumnPair> {
+    let is_key = |name: &str| {
+        job.keys
+            .iter()
+            .any(|k| k.source == name || k.destination == name)
+    };
+    let is_id = |name: &str| job.destination.id.as_deref() == Some(name);
+    source
+        .fields()
+        .iter()
+        .map(|f| f.name())
+        .filter(|n| !is_key(n) && !is_id(n) && destination.field_with_name(n).is_ok())
+        .map(|n| ColumnPair {
+            source: n.clone(),
+            destination: n.clone(),
+        })
+        .collect()
+}
+
+fn map_all(
+    pairs: &[ColumnPair],
+    source: &Schema,
+    destination: &Schema,
+    problems: &mut Vec<Error>,
+) -> Vec<Mapped> {
+    pairs
+        .iter()
+        .filter_map(|pair| map(pair, source, destination, problems))
+        .collect()
+}
+
+fn map(
+    pair: &ColumnPair,
+    source: &Schema,
+    destination: &Schema,
+    problems: &mut Vec<Error>,
+) -> Option<Mapped> {
+    let s = lookup(Side::Source, source, &pair.source, problems);
+    let d = lookup(Side::Destination, destination, &pair.destination, problems);
+    let (s, d) = (s?, d?);
+    let Some(common) = types::common(&s, &d) else {
+        problems.push(Error::Incomparable {
+            source_column: pair.source.clone(),
+            source_type: types::describe(&s),
+            destination_column: pair.destination.clone(),
+            destination_type: types::describe(&d),
+        });
+        return None;
+    };
+    Some(Mapped {
+        source: pair.source.clone(),
+        destination: pair.destination.clone(),
+        source_type: s,
+        destination_type: d,
+        common,
+    })
+}
+
+fn lookup(side: Side, schema: &Schema, name: &str, problems: &mut Vec<Error>) -> Option<DataType> {
+    if let Ok(field) = schema.field_with_name(name) {
+        return Some(field.data_type().clone());
+    }
+    let available = schema
+        .fields()
+        .iter()
+        .map(|f| format!("`{}`", f.name()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let error = Error::MissingColumn {
+        side,
+        column: name.to_string(),
+        available,
+    };
+    if !problems.iter().any(|p| p.to_string() == error.to_string()) {
+        problems.push(error);
+    }
+    None
+}

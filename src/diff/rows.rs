@@ -1,0 +1,133 @@
+//! Turning the diff query's output batches into counts and [`Change`] values. Counting looks only
+//! at the `action` column; full changes are built for the listed rows only, so `--limit 0` over
+//! millions of changes stays cheap.
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use serde_json::{Number, Value};
+
+use crate::changeset::{Action, Change, Summary};
+use crate::error::{Error, Result};
+
+/// Accumulates counts and listed changes from diff output batches.
+pub struct Collector {
+    keys: usize,
+    compared: usize,
+    limit: Option<usize>,
+    pub summary: Summary,
+    pub changes: Vec<Change>,
+}
+
+impl Collector {
+    pub fn new(keys: usize, compared: usize, limit: Option<usize>) -> Collector {
+        Collector {
+            keys,
+            compared,
+            limit,
+            summary: Summary::default(),
+            changes: Vec::new(),
+        }
+    }
+
+    pub fn add(&mut self, batch: &RecordBatch) -> Result<()> {
+        let actions = column(batch, "action")?;
+        let actions = cast(&actions, &DataType::Utf8).map_err(internal)?;
+        let actions = actions.as_string::<i32>();
+        for row in 0..batch.num_rows() {
+            let action = Action::parse(actions.value(row)).ok_or_else(|| {
+                Error::Internal(format!("diff produced action `{}`", actions.value(row)))
+            })?;
+            match action {
+                Action::Insert => self.summary.insert += 1,
+                Action::Update => self.summary.update += 1,
+                Action::Delete => self.summary.delete += 1,
+            }
+            if self.limit.is_none_or(|n| self.changes.len() < n) {
+                let change = self.change(batch, row, action)?;
+                self.changes.push(change);
+            }
+        }
+        Ok(())
+    }
+
+    fn change(&self, batch: &RecordBatch, row: usize, action: Action) -> Result<Change> {
+        let values = |prefix: &str, n: usize| -> Result<Vec<Value>> {
+            (0..n)
+                .map(|i| Ok(json_value(&column(batch, &format!("{prefix}{i}"))?, row)))
+                .collect()
+        };
+        let changed = (0..self.compared)
+            .map(|i| {
+                let c = column(batch, &format!("c{i}"))?;
+                let c: &BooleanArray = c.as_boolean();
+                Ok(c.is_valid(row) && c.value(row))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Change {
+            action,
+            key: values("k", self.keys)?,
+            id: json_value(&column(batch, "id")?, row),
+            source: values("s_v", self.compared)?,
+            destination: values("d_v", self.compared)?,
+            changed,
+        })
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("reading diff output: {e}"))
+}
+
+fn column(batch: &RecordBatch, name: &str) -> Result<ArrayRef> {
+    batch
+        .column_by_name(name)
+        .cloned()
+        .ok_or_else(|| Error::Internal(format!("diff output lacks column `{name}`")))
+}
+
+/// One cell as JSON: numbers stay numbers, decimals become exact strings, the rest is rendered by
+/// Arrow's display (ISO-8601 for dates and timestamps).
+pub fn json_value(array: &ArrayRef, row: usize) -> Value {
+    use DataType::*;
+    if array.is_null(row) {
+        return Value::Null;
+    }
+    let number =
+        |v: f64| Number::from_f64(v).map_or_else(|| Value::String(v.to_string()), Value::Number);
+    match array.data_type() {
+        Boolean => Value::Bool(array.as_boolean().value(row)),
+        Int64 => Value::from(
+            array
+                .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                .value(row),
+        ),
+        Int32 | Int16 | Int8 | UInt8 | UInt16 | UInt32 | UInt64 => {
+            match cast(&array.slice(row, 1), &Int64) {
+                Ok(a) if a.is_valid(0) => json_value(&a, 0),
+                _ => display_value(array, row),
+            }
+        }
+        Float64 => number(
+            array
+                .as_primitive::<datafusion::arrow::datatypes::Float64Type>()
+                .value(row),
+        ),
+        Float32 => number(
+            array
+                .as_primitive::<datafusion::arrow::datatypes::Float32Type>()
+                .value(row) as f64,
+        ),
+        _ => display_value(array, row),
+    }
+}
+
+fn display_value(array: &ArrayRef, row: usize) -> Value {
+    let options = FormatOptions::default();
+    match ArrayFormatter::try_new(array.as_ref(), &options) {
+        Ok(f) => Value::String(f.value(row).to_string()),
+        Err(_) => Value::String(format!("<{}>", array.data_type())),
+    }
+}

@@ -1,0 +1,176 @@
+//! Typed errors: every failure a user can meet, with the object it concerns, a remedy (`hint`)
+//! and the exit code it maps to. There is no catch-all string variant; `Internal` means a bug.
+
+use std::path::PathBuf;
+
+/// Which side of the reconciliation a problem concerns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    Source,
+    Destination,
+}
+
+impl Side {
+    pub const BOTH: [Side; 2] = [Side::Source, Side::Destination];
+
+    /// The name used in job files, SQL (`source`, `destination`) and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Source => "source",
+            Side::Destination => "destination",
+        }
+    }
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One problem in a job file, located by file and line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub line: usize,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: {}", self.file.display(), self.line, self.message)
+    }
+}
+
+/// Sample of offending keys for key checks (at most five, rendered as `a, b`).
+pub type KeySample = Vec<String>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the job file is invalid ({} problem{})", .0.len(), if .0.len() == 1 { "" } else { "s" })]
+    InvalidJob(Vec<Problem>),
+
+    #[error("cannot read `{}`", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("cannot connect to the {side} `{url}`")]
+    Connect {
+        side: Side,
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+
+    #[error("reading the {side} snapshot failed ({what})")]
+    Read {
+        side: Side,
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    #[error("the column mapping does not fit the snapshots ({} problem{})", .0.len(), if .0.len() == 1 { "" } else { "s" })]
+    Mapping(Vec<Error>),
+
+    #[error("{side} column `{column}` is not in the {side} snapshot (it has: {available})")]
+    MissingColumn {
+        side: Side,
+        column: String,
+        available: String,
+    },
+
+    #[error(
+        "cannot compare source `{source_column}` ({source_type}) with destination `{destination_column}` ({destination_type})"
+    )]
+    Incomparable {
+        source_column: String,
+        source_type: String,
+        destination_column: String,
+        destination_type: String,
+    },
+
+    #[error("{count} {side} row{} {} a NULL key ({columns}); sample: {}", if *.count == 1 { "" } else { "s" }, if *.count == 1 { "has" } else { "have" }, .sample.join("; "))]
+    NullKeys {
+        side: Side,
+        columns: String,
+        count: u64,
+        sample: KeySample,
+    },
+
+    #[error("{count} key{} {} more than once in the {side} ({columns}); sample: {}", if *.count == 1 { "" } else { "s" }, if *.count == 1 { "appears" } else { "appear" }, .sample.join("; "))]
+    DuplicateKeys {
+        side: Side,
+        columns: String,
+        count: u64,
+        sample: KeySample,
+    },
+
+    #[error("the diff query `{}` is not usable: {reason}", path.display())]
+    DiffQuery { path: PathBuf, reason: String },
+
+    #[error("the comparison query failed")]
+    Engine(#[from] datafusion::error::DataFusionError),
+
+    #[error("cannot write `{}`", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("internal error (this is a bug in recon, please report it): {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The process exit code for this error (see README, "Exit codes").
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::InvalidJob(_) => 78,
+            _ => 1,
+        }
+    }
+
+    /// What the user can do about it, when there is something to say.
+    pub fn hint(&self) -> Option<String> {
+        Some(match self {
+            Error::InvalidJob(_) => "fix the lines above; `recon check JOB.toml` re-validates".into(),
+            Error::Mapping(_) => "fix [match]/[compare] in the job file, or the side's `query`; `recon check JOB.toml` lists every problem".into(),
+            Error::Connect { side, .. } => format!(
+                "check the [{side}] url (host, port, database, credentials) and that the server is running"
+            ),
+            Error::MissingColumn { side, .. } => format!(
+                "map the column under [match] or [compare] to a column the {side} has, or select it in the {side} `query`"
+            ),
+            Error::Incomparable { .. } => "cast one side so both have the same kind of type, e.g. `query = \"SELECT CAST(code AS TEXT) AS code, ...\"`".into(),
+            Error::NullKeys { side, .. } => format!(
+                "a NULL key never matches; filter those rows out in the {side} `query` or fix the data"
+            ),
+            Error::DuplicateKeys { side, .. } => format!(
+                "a key must identify one row; add columns to [match] for a composite key, or de-duplicate the {side}"
+            ),
+            Error::DiffQuery { .. } => "a diff query returns `action` ('insert', 'update' or 'delete') and the destination's key and compared columns".into(),
+            Error::Read { .. } => "run `recon check JOB.toml` to see whether both sides can be reached and read".into(),
+            _ => return None,
+        })
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Shorthand for wrapping a lower-level failure while reading one side.
+pub fn read_error(
+    side: Side,
+    what: impl Into<String>,
+    source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> Error {
+    Error::Read {
+        side,
+        what: what.into(),
+        source: source.into(),
+    }
+}

@@ -1,0 +1,128 @@
+//! The `recon` binary: parse arguments, call the library, print errors, map outcomes to exit
+//! codes (README, "Exit codes").
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use recon::cli::{Cli, Command, PlanArgs};
+use recon::{Error, Job, Progress, report};
+
+/// Exit code when `--exit-code` is given and something would change.
+const EXIT_DRIFT: u8 = 4;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            print_error(&Error::Internal(format!(
+                "cannot start the async runtime: {e}"
+            )));
+            return ExitCode::from(1);
+        }
+    };
+    let progress = Progress::stderr(!cli.no_progress && !cli.quiet);
+    match runtime.block_on(run(cli.command, progress)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            print_error(&e);
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+async fn run(command: Command, progress: Progress) -> recon::Result<u8> {
+    match command {
+        Command::Plan(args) => plan(args, progress).await,
+        Command::Check { job } => check(&Job::load(&job)?, &progress).await,
+        Command::Init { dir } => {
+            let job = recon::init::init(&dir)?;
+            report::emit(
+                &format!(
+                    "wrote {}\nnext: recon plan {}\n",
+                    job.display(),
+                    job.display()
+                ),
+                None,
+            )?;
+            Ok(0)
+        }
+    }
+}
+
+async fn plan(args: PlanArgs, progress: Progress) -> recon::Result<u8> {
+    let job = Job::load(&args.job)?;
+    let limit = args.limit.or(args.format.default_limit());
+    let changeset = recon::plan(&job, limit, &progress).await?;
+    report::emit(
+        &report::render(&changeset, args.format),
+        args.output.as_deref(),
+    )?;
+    Ok(if args.exit_code && changeset.summary.changes() > 0 {
+        EXIT_DRIFT
+    } else {
+        0
+    })
+}
+
+async fn check(job: &Job, progress: &Progress) -> recon::Result<u8> {
+    let found = recon::check::check(job, progress).await;
+    let mut text = format!(
+        "job `{}` ({}): the file is valid\n",
+        job.name,
+        job.file.display()
+    );
+    for line in &found.reached {
+        text.push_str(&format!("reached {line}\n"));
+    }
+    if found.ok() {
+        text.push_str("ok: both sides are readable and every mapped column exists and compares\n");
+        report::emit(&text, None)?;
+        return Ok(0);
+    }
+    report::emit(&text, None)?;
+    for problem in &found.problems {
+        print_error(problem);
+    }
+    Ok(1)
+}
+
+fn init_logging(cli: &Cli) {
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "recon=info",
+        (false, _) => "recon=debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RECON_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// `error: …`, then each `caused by: …`, then `hint: …`, on stderr.
+#[allow(clippy::print_stderr)]
+fn print_error(error: &Error) {
+    eprintln!("error: {error}");
+    match error {
+        Error::InvalidJob(problems) => problems.iter().for_each(|p| eprintln!("  {p}")),
+        Error::Mapping(problems) => problems.iter().for_each(|p| eprintln!("  {p}")),
+        _ => {}
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        eprintln!("caused by: {cause}");
+        source = cause.source();
+    }
+    if let Some(hint) = error.hint() {
+        eprintln!("hint: {hint}");
+    }
+}

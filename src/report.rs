@@ -1,0 +1,275 @@
+//! Rendering a changeset: the only module that writes data to stdout (or to `--output PATH`, via
+//! a temporary file renamed into place so a failed run never leaves half a report). Formats:
+//! `table` (people), `json` (one document, see the README), `jsonl` and `csv` (one change per
+//! line, for piping), `markdown` (for pull requests and tickets).
+
+use std::io::Write;
+use std::path::Path;
+
+use serde_json::{Map, Value, json};
+
+use crate::changeset::{Action, Change, Changeset, display};
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Jsonl,
+    Csv,
+    Markdown,
+}
+
+impl Format {
+    /// Rows listed when `--limit` is not given: a screenful for people, everything for machines.
+    pub fn default_limit(self) -> Option<usize> {
+        match self {
+            Format::Table | Format::Markdown => Some(20),
+            Format::Json | Format::Jsonl | Format::Csv => None,
+        }
+    }
+}
+
+/// Write `text` to `output`, or to stdout when `None`.
+pub fn emit(text: &str, output: Option<&Path>) -> Result<()> {
+    let Some(path) = output else {
+        let mut out = std::io::stdout().lock();
+        return match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            other => other.map_err(|source| Error::Write {
+                path: "<stdout>".into(),
+                source,
+            }),
+        };
+    };
+    let tmp = path.with_extension("recon-tmp");
+    let write_error = |source| Error::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::write(&tmp, text).map_err(write_error)?;
+    std::fs::rename(&tmp, path).map_err(write_error)
+}
+
+/// Render a changeset in `format`.
+pub fn render(changeset: &Changeset, format: Format) -> String {
+    match format {
+        Format::Table => table(changeset),
+        Format::Json => {
+            let mut doc = serde_json::to_string_pretty(&document(changeset)).unwrap_or_default();
+            doc.push('\n');
+            doc
+        }
+        Format::Jsonl => changeset
+            .changes
+            .iter()
+            .map(|c| format!("{}\n", Value::Object(change_object(changeset, c))))
+            .collect(),
+        Format::Csv => csv(changeset),
+        Format::Markdown => markdown(changeset),
+    }
+}
+
+/// The JSON document of `plan --format json`.
+pub fn document(changeset: &Changeset) -> Value {
+    json!({
+        "job": changeset.job,
+        "summary": changeset.summary,
+        "changes": changeset.changes.iter().map(|c| Value::Object(change_object(changeset, c))).collect::<Vec<_>>(),
+    })
+}
+
+fn change_object(changeset: &Changeset, change: &Change) -> Map<String, Value> {
+    let mut object = Map::new();
+    object.insert("action".into(), json!(change.action));
+    object.insert("key".into(), Value::Object(changeset.key_object(change)));
+    object.insert("id".into(), change.id.clone());
+    let columns = changeset.compared_columns.iter().enumerate();
+    match change.action {
+        Action::Update => {
+            let changed: Map<String, Value> = columns
+                .filter(|(i, _)| change.changed[*i])
+                .map(|(i, c)| {
+                    (
+                        c.clone(),
+                        json!({"from": change.destination[i], "to": change.source[i]}),
+                    )
+                })
+                .collect();
+            object.insert("changed".into(), Value::Object(changed));
+        }
+        Action::Insert => {
+            let values = columns
+                .map(|(i, c)| (c.clone(), change.source[i].clone()))
+                .collect();
+            object.insert("values".into(), Value::Object(values));
+        }
+        Action::Delete => {
+            let values = columns
+                .map(|(i, c)| (c.clone(), change.destination[i].clone()))
+                .collect();
+            object.insert("values".into(), Value::Object(values));
+        }
+    }
+    object
+}
+
+/// One line: `3 to insert, 2 to update, 1 to delete, 10 unchanged (source 15 rows, destination 13)`.
+pub fn summary_line(changeset: &Changeset) -> String {
+    let s = &changeset.summary;
+    format!(
+        "{}: {} to insert, {} to update, {} to delete, {} unchanged (source {} rows, destination {} rows)",
+        changeset.job, s.insert, s.update, s.delete, s.unchanged, s.source_rows, s.destination_rows
+    )
+}
+
+/// What changes in one row, for people: `total_price: 10.00 → 12.50` or `code=A-4, price=1`.
+fn describe_change(changeset: &Changeset, change: &Change) -> String {
+    let columns = changeset.compared_columns.iter().enumerate();
+    let parts: Vec<String> = match change.action {
+        Action::Update => columns
+            .filter(|(i, _)| change.changed[*i])
+            .map(|(i, c)| {
+                format!(
+                    "{c}: {} → {}",
+                    display(&change.destination[i]),
+                    display(&change.source[i])
+                )
+            })
+            .collect(),
+        Action::Insert => columns
+            .map(|(i, c)| format!("{c}={}", display(&change.source[i])))
+            .collect(),
+        Action::Delete => columns
+            .map(|(i, c)| format!("{c}={}", display(&change.destination[i])))
+            .collect(),
+    };
+    parts.join(", ")
+}
+
+fn key_text(changeset: &Changeset, change: &Change) -> String {
+    changeset
+        .key_object(change)
+        .iter()
+        .map(|(k, v)| format!("{k}={}", display(v)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn more_line(changeset: &Changeset) -> Option<String> {
+    let listed = changeset.changes.len() as u64;
+    let total = changeset.summary.changes();
+    changeset.truncated().then(|| {
+        format!(
+            "… {} more not listed (--limit {listed}; counts above are complete)",
+            total - listed
+        )
+    })
+}
+
+fn table(changeset: &Changeset) -> String {
+    let mut out = summary_line(changeset);
+    out.push('\n');
+    if changeset.changes.is_empty() {
+        if changeset.summary.changes() == 0 {
+            out.push_str("no changes: the destination agrees with the source\n");
+        }
+    } else {
+        let mut t = comfy_table::Table::new();
+        t.load_preset(comfy_table::presets::NOTHING);
+        t.set_header(vec!["action", "key", "id", "change"]);
+        for c in &changeset.changes {
+            t.add_row(vec![
+                c.action.name().to_string(),
+                key_text(changeset, c),
+                display_id(&c.id),
+                describe_change(changeset, c),
+            ]);
+        }
+        out.push_str(&t.to_string());
+        out.push('\n');
+    }
+    if let Some(more) = more_line(changeset) {
+        out.push_str(&more);
+        out.push('\n');
+    }
+    out
+}
+
+fn display_id(id: &Value) -> String {
+    if id.is_null() {
+        String::new()
+    } else {
+        display(id)
+    }
+}
+
+fn markdown(changeset: &Changeset) -> String {
+    let escape = |s: String| s.replace('|', "\\|");
+    let mut out = format!(
+        "**{}**\n\n| action | key | id | change |\n|---|---|---|---|\n",
+        summary_line(changeset)
+    );
+    for c in &changeset.changes {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            c.action.name(),
+            escape(key_text(changeset, c)),
+            escape(display_id(&c.id)),
+            escape(describe_change(changeset, c))
+        ));
+    }
+    if let Some(more) = more_line(changeset) {
+        out.push_str(&format!("\n{more}\n"));
+    }
+    out
+}
+
+fn csv_field(value: &str) -> String {
+    if value.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", value.replace('"', "\"\""))
+    } else {
+        value.to_string()
+    }
+}
+
+/// CSV cell for a value: NULL is an empty field.
+fn csv_value(value: &Value) -> String {
+    if value.is_null() {
+        String::new()
+    } else {
+        csv_field(&display(value))
+    }
+}
+
+/// `action, <key columns>, id, changed, <column>, <column>_before, …`: one row per change.
+fn csv(changeset: &Changeset) -> String {
+    let mut header: Vec<String> = vec!["action".into()];
+    header.extend(changeset.key_columns.iter().map(|k| csv_field(k)));
+    header.extend(["id".into(), "changed".into()]);
+    for c in &changeset.compared_columns {
+        header.push(csv_field(c));
+        header.push(csv_field(&format!("{c}_before")));
+    }
+    let mut out = header.join(",") + "\n";
+    for change in &changeset.changes {
+        let mut row = vec![change.action.name().to_string()];
+        row.extend(change.key.iter().map(csv_value));
+        row.push(csv_value(&change.id));
+        let changed: Vec<&str> = changeset
+            .compared_columns
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| change.changed[*i])
+            .map(|(_, c)| c.as_str())
+            .collect();
+        row.push(csv_field(&changed.join(";")));
+        for i in 0..changeset.compared_columns.len() {
+            row.push(csv_value(&change.source[i]));
+            row.push(csv_value(&change.destination[i]));
+        }
+        out.push_str(&row.join(","));
+        out.push('\n');
+    }
+    out
+}

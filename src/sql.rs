@@ -1,0 +1,87 @@
+//! Identifier quoting: the one place that turns a name from a job file into SQL. Every column and
+//! table name goes through here (DataFusion, PostgreSQL and SQLite use `"…"`, MySQL/MariaDB
+//! backticks), so mixed case, spaces and quotes in names are kept as written. Values are never
+//! spliced into SQL; they are bound.
+
+/// The SQL dialect a statement is written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// PostgreSQL, SQLite and DataFusion.
+    Standard,
+    Mysql,
+}
+
+/// Quote one identifier: `Amount Cents` → `"Amount Cents"`, `a"b` → `"a""b"`.
+pub fn quote(name: &str) -> String {
+    quote_in(Dialect::Standard, name)
+}
+
+pub fn quote_in(dialect: Dialect, name: &str) -> String {
+    match dialect {
+        Dialect::Standard => format!("\"{}\"", name.replace('"', "\"\"")),
+        Dialect::Mysql => format!("`{}`", name.replace('`', "``")),
+    }
+}
+
+/// Quote a possibly schema-qualified table name (`sales.Orders` → `"sales"."Orders"`). A name
+/// that is already quoted is split on dots outside quotes and kept.
+pub fn quote_table(dialect: Dialect, name: &str) -> String {
+    split_qualified(name)
+        .iter()
+        .map(|part| quote_in(dialect, part))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn split_qualified(name: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut quoted: Option<char> = None;
+    let mut chars = name.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (None, '"' | '`') => quoted = Some(c),
+            (Some(q), c) if c == q => {
+                if chars.peek() == Some(&q) {
+                    chars.next();
+                    parts.last_mut().map(|p| p.push(q));
+                } else {
+                    quoted = None;
+                }
+            }
+            (None, '.') => parts.push(String::new()),
+            (_, c) => {
+                parts.last_mut().map(|p| p.push(c));
+            }
+        }
+    }
+    parts
+}
+
+/// The statement that reads a side: the table, or the user's query as written.
+pub fn relation_select(dialect: Dialect, relation: &crate::config::Relation) -> String {
+    match relation {
+        crate::config::Relation::Table(t) => format!("SELECT * FROM {}", quote_table(dialect, t)),
+        crate::config::Relation::Query(q) => q.trim().trim_end_matches(';').to_string(),
+        crate::config::Relation::File => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_keeps_names_as_written() {
+        assert_eq!(quote("Amount Cents"), "\"Amount Cents\"");
+        assert_eq!(quote("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_in(Dialect::Mysql, "we`ird"), "`we``ird`");
+        assert_eq!(
+            quote_table(Dialect::Standard, "sales.Orders"),
+            "\"sales\".\"Orders\""
+        );
+        assert_eq!(
+            quote_table(Dialect::Standard, "\"my.schema\".t"),
+            "\"my.schema\".\"t\""
+        );
+    }
+}

@@ -1,0 +1,152 @@
+//! Type reconciliation between the two sides. Each mapped pair of columns is compared in one
+//! common type chosen here, so that `10.5` (float) and `10.50` (numeric(10,2)) are equal, `Int32`
+//! meets `Int64`, and a zoned timestamp meets a naive one. Pairs with no sensible common type
+//! (text vs integer, boolean vs number) are refused rather than compared as text, because a silent
+//! text comparison would report phantom changes (`'1.0'` vs `1`).
+//!
+//! Decisions, also in the README:
+//! - a timestamp without a zone is taken to be UTC when compared with a zoned one;
+//! - a date meets a timestamp at midnight UTC;
+//! - text meets a date or timestamp by parsing the text (SQLite keeps timestamps as text);
+//! - a float meets any number as a 64-bit float; integers and decimals meet exactly.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
+
+fn is_string(t: &DataType) -> bool {
+    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+}
+
+fn is_temporal(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Timestamp(..) | DataType::Date32 | DataType::Date64
+    )
+}
+
+fn is_decimal(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Decimal128(..)
+            | DataType::Decimal256(..)
+            | DataType::Decimal64(..)
+            | DataType::Decimal32(..)
+    )
+}
+
+fn decimal_scale(t: &DataType) -> i8 {
+    match t {
+        DataType::Decimal32(_, s)
+        | DataType::Decimal64(_, s)
+        | DataType::Decimal128(_, s)
+        | DataType::Decimal256(_, s) => *s,
+        _ => 0,
+    }
+}
+
+/// The common type in which a source column of type `s` and a destination column of type `d`
+/// are compared, or `None` when they cannot be compared.
+pub fn common(s: &DataType, d: &DataType) -> Option<DataType> {
+    use DataType::*;
+    if s == d && !matches!(s, Utf8View | LargeUtf8) {
+        return Some(s.clone());
+    }
+    Some(match (s, d) {
+        (Null, x) | (x, Null) => x.clone(),
+        (a, b) if is_string(a) && is_string(b) => Utf8,
+        (a, b) if a.is_integer() && b.is_integer() => {
+            if matches!(a, UInt64) || matches!(b, UInt64) {
+                Decimal128(38, 0)
+            } else {
+                Int64
+            }
+        }
+        (a, b) if a.is_floating() && b.is_numeric() || b.is_floating() && a.is_numeric() => Float64,
+        (a, b) if (is_decimal(a) || a.is_integer()) && (is_decimal(b) || b.is_integer()) => {
+            Decimal128(38, decimal_scale(a).max(decimal_scale(b)))
+        }
+        (a, b) if is_temporal(a) && is_temporal(b) => temporal(a, b),
+        (a, b) if is_string(a) && is_temporal(b) => temporal(b, b),
+        (a, b) if is_temporal(a) && is_string(b) => temporal(a, a),
+        (Boolean, Boolean) => Boolean,
+        (Binary | LargeBinary | BinaryView, Binary | LargeBinary | BinaryView) => Binary,
+        (Time64(_), Time64(_)) | (Time32(_), Time64(_)) | (Time64(_), Time32(_)) => {
+            Time64(TimeUnit::Microsecond)
+        }
+        _ => return None,
+    })
+}
+
+fn temporal(a: &DataType, b: &DataType) -> DataType {
+    use DataType::*;
+    match (a, b) {
+        (Date32 | Date64, Date32 | Date64) => Date32,
+        _ => {
+            let zone = |t: &DataType| match t {
+                Timestamp(_, z) => z.clone(),
+                _ => None,
+            };
+            let nanos = |t: &DataType| matches!(t, Timestamp(TimeUnit::Nanosecond, _));
+            let unit = if nanos(a) || nanos(b) {
+                TimeUnit::Nanosecond
+            } else {
+                TimeUnit::Microsecond
+            };
+            let zoned = zone(a).is_some() || zone(b).is_some();
+            Timestamp(unit, zoned.then(|| Arc::from("UTC")))
+        }
+    }
+}
+
+/// A short, user-facing name for a type (`decimal(38,2)`, `timestamp with time zone`).
+pub fn describe(t: &DataType) -> String {
+    use DataType::*;
+    match t {
+        Utf8 | LargeUtf8 | Utf8View => "text".into(),
+        Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64 => format!("integer ({t})"),
+        Float16 | Float32 | Float64 => format!("float ({t})"),
+        Decimal128(p, s) | Decimal256(p, s) => format!("decimal({p},{s})"),
+        Timestamp(_, Some(z)) => format!("timestamp with time zone ({z})"),
+        Timestamp(_, None) => "timestamp".into(),
+        Date32 | Date64 => "date".into(),
+        Boolean => "boolean".into(),
+        Binary | LargeBinary | BinaryView => "binary".into(),
+        Null => "null (no values)".into(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use DataType::*;
+
+    #[test]
+    fn numbers_meet_without_loss_where_possible() {
+        assert_eq!(common(&Int32, &Int64), Some(Int64));
+        assert_eq!(
+            common(&Decimal128(10, 1), &Decimal128(12, 2)),
+            Some(Decimal128(38, 2))
+        );
+        assert_eq!(common(&Int64, &Decimal128(10, 2)), Some(Decimal128(38, 2)));
+        assert_eq!(common(&Decimal128(10, 2), &Float64), Some(Float64));
+    }
+
+    #[test]
+    fn timestamps_meet_in_utc() {
+        let zoned = Timestamp(TimeUnit::Microsecond, Some(Arc::from("+02:00")));
+        let naive = Timestamp(TimeUnit::Second, None);
+        assert_eq!(
+            common(&zoned, &naive),
+            Some(Timestamp(TimeUnit::Microsecond, Some(Arc::from("UTC"))))
+        );
+        assert_eq!(common(&Utf8, &Date32), Some(Date32));
+    }
+
+    #[test]
+    fn text_never_meets_numbers() {
+        assert_eq!(common(&Utf8, &Int64), None);
+        assert_eq!(common(&Boolean, &Int64), None);
+    }
+}
