@@ -1,14 +1,15 @@
 -- diff.sql: the generated comparison (a FULL OUTER JOIN on the mapped key).
 --
 -- Inputs, registered by recon (src/diff.rs) from the two snapshots:
---   s  the source:      k0..kN (key), v0..vM (compared columns), __present (always true)
---   d  the destination: k0..kN, v0..vM, id (the destination's record id, or NULL), __present
+--   s  the source:      k0..kN (key), v0..vM (compared columns, cast),
+--                      o0..oM (the same columns as the side holds them), __present (always true)
+--   d  the destination: k0..kN, v0..vM, o0..oM, id (the destination's record id, or NULL), __present
 -- Both sides are already cast to one common type per column pair (src/types.rs).
 --
 -- Output: one row per key that is missing, changed or extra in the destination:
 --   action  'insert' (only in source), 'update' (in both, some column differs), 'delete' (only in destination)
 --   k0..kN  the key;  id  the destination's id
---   s_v0.., d_v0..  the source and destination values;  c0..  true where that column differs
+--   s_v0.., d_v0..  the source and destination values as each side holds them;  c0..  true where that column differs
 --
 -- Rows come inserts first, then updates, then deletes, each by key, so listings are stable.
 -- Every comparison is parenthesised: DataFusion's parser binds IS DISTINCT FROM looser than OR.

@@ -2,7 +2,7 @@
 --
 -- Inputs:
 --   u  the user's query result, projected by recon to: action, k0..kN, v0..vM (the destination's
---      key and compared columns, cast to the common types)
+--      key and compared columns, cast to the common types), o0..oM (uncast)
 --   d  the destination, as in diff.sql
 --
 -- Output: the columns of diff.sql. Rows whose action is not insert/update/delete are refused

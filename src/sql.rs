@@ -38,20 +38,27 @@ fn split_qualified(name: &str) -> Vec<String> {
     let mut quoted: Option<char> = None;
     let mut chars = name.chars().peekable();
     while let Some(c) = chars.next() {
-        match (quoted, c) {
-            (None, '"' | '`') => quoted = Some(c),
+        let push = match (quoted, c) {
+            (None, '"' | '`') => {
+                quoted = Some(c);
+                None
+            }
+            (Some(q), c) if c == q && chars.peek() == Some(&q) => {
+                chars.next();
+                Some(q)
+            }
             (Some(q), c) if c == q => {
-                if chars.peek() == Some(&q) {
-                    chars.next();
-                    parts.last_mut().map(|p| p.push(q));
-                } else {
-                    quoted = None;
-                }
+                quoted = None;
+                None
             }
-            (None, '.') => parts.push(String::new()),
-            (_, c) => {
-                parts.last_mut().map(|p| p.push(c));
+            (None, '.') => {
+                parts.push(String::new());
+                None
             }
+            (_, c) => Some(c),
+        };
+        if let (Some(c), Some(part)) = (push, parts.last_mut()) {
+            part.push(c);
         }
     }
     parts

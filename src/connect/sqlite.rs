@@ -97,9 +97,9 @@ fn to_batch(
     rows: &[SqliteRow],
 ) -> std::result::Result<datafusion::arrow::record_batch::RecordBatch, sqlx::Error> {
     let mut columns = Vec::with_capacity(names.len());
-    for i in 0..names.len() {
+    for (i, declared) in declared.iter().enumerate() {
         let seen = classes(rows, i)?;
-        columns.push(column(rows, i, seen, &declared[i])?);
+        columns.push(column(rows, i, seen, declared)?);
     }
     batch(names, columns).map_err(|e| sqlx::Error::Decode(e.to_string().into()))
 }

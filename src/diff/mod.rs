@@ -116,6 +116,10 @@ async fn register_view(ctx: &SessionContext, side: Side, resolved: &Resolved) ->
             exprs.push(cast_to(&name, &from, &m.common).alias(format!("{prefix}{i}")));
         }
     }
+    // The compared values as the side holds them, for display (`o0…`).
+    for (i, m) in resolved.compared.iter().enumerate() {
+        exprs.push(ident(pick(m).0).alias(format!("o{i}")));
+    }
     if side == Side::Destination {
         exprs.push(match &resolved.id {
             Some((id, _)) => ident(id).alias("id"),
@@ -244,7 +248,7 @@ fn render_diff(template: &str, resolved: &Resolved, left: &str) -> String {
             "{{values}}",
             &list(
                 m,
-                |i| format!("{left}.v{i} AS s_v{i}, d.v{i} AS d_v{i},"),
+                |i| format!("{left}.o{i} AS s_v{i}, d.o{i} AS d_v{i},"),
                 "\n    ",
             ),
         )
@@ -296,6 +300,9 @@ async fn user_diff(
         for (i, m) in mapped.iter().enumerate() {
             exprs.push(cast(ident(&m.destination), m.common.clone()).alias(format!("{prefix}{i}")));
         }
+    }
+    for (i, m) in resolved.compared.iter().enumerate() {
+        exprs.push(ident(&m.destination).alias(format!("o{i}")));
     }
     ctx.register_table("u", raw.select(exprs)?.into_view())?;
     let bad_actions = sql(ctx, section(KEY_CHECKS_SQL, "bad_actions"))

@@ -92,7 +92,8 @@ fn column(batch: &RecordBatch, name: &str) -> Result<ArrayRef> {
 /// Arrow's display (ISO-8601 for dates and timestamps).
 pub fn json_value(array: &ArrayRef, row: usize) -> Value {
     use DataType::*;
-    if array.is_null(row) {
+    // A NullArray has no validity buffer: `is_null` says false, so test the type too.
+    if array.is_null(row) || array.data_type() == &Null {
         return Value::Null;
     }
     let number =

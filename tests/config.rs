@@ -1,0 +1,160 @@
+//! The job file: every problem reported at once with its line, `${VAR}` expansion, defaults, and
+//! the commented reference example parsing as documented.
+
+use std::path::Path;
+
+use recon::config::{FileFormat, Location, MaxChanges, Relation};
+use recon::{Error, Job};
+
+fn parse(text: &str, env: &[(&str, &str)]) -> Result<Job, Error> {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Job::parse(Path::new("/jobs/orders.toml"), text, &move |name| {
+        env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    })
+}
+
+fn problems(text: &str) -> Vec<String> {
+    match parse(text, &[]) {
+        Err(Error::InvalidJob(p)) => p.iter().map(|p| p.to_string()).collect(),
+        other => panic!("expected an invalid job, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_bundled_example_parses_as_documented() {
+    let job = Job::load(&crate::support::fixture("orders").join("job.toml")).unwrap();
+    assert_eq!(job.name, "orders");
+    assert!(
+        matches!(&job.source.location, Location::File(p, FileFormat::Csv) if p.ends_with("fixtures/orders/source_order.csv"))
+    );
+    assert!(
+        matches!(&job.destination.location, Location::Sqlite(p) if p.ends_with("fixtures/orders/app.db"))
+    );
+    assert_eq!(
+        job.destination.relation,
+        Relation::Table("destination_order".into())
+    );
+    assert_eq!(job.destination.id.as_deref(), Some("id"));
+    assert_eq!(job.keys[0].source, "reference");
+    assert_eq!(job.keys[0].destination, "code");
+    let compare = job.compare.unwrap();
+    assert_eq!(
+        (compare[1].source.as_str(), compare[1].destination.as_str()),
+        ("item_count", "number_of_items")
+    );
+    assert!(!job.write.deletes);
+    assert!(job.state_url.ends_with("fixtures/orders/.recon/state.db"));
+}
+
+#[test]
+fn every_problem_is_reported_at_once_with_its_line() {
+    let found = problems(
+        r#"name = "x"
+colour = "blue"
+[source]
+url = "postgres://h/db"
+tabel = "orders"
+[destination]
+url = "ftp://nowhere"
+table = "t"
+[write]
+batch_size = 0
+max_changes = "lots"
+"#,
+    );
+    let expect = [
+        "/jobs/orders.toml:2: unknown key `colour`",
+        "/jobs/orders.toml:5: unknown key `source.tabel`",
+        "/jobs/orders.toml:3: `[source]` needs a `table` or a `query`",
+        "/jobs/orders.toml:7: `destination.url` = \"ftp://nowhere\" is not a known kind of url",
+        "missing `[match]`",
+        "/jobs/orders.toml:10: `write.batch_size` must be a whole number above 0",
+        "/jobs/orders.toml:11: `write.max_changes` must be a row count",
+    ];
+    for e in expect {
+        assert!(
+            found.iter().any(|p| p.contains(e)),
+            "missing {e:?} in {found:#?}"
+        );
+    }
+    assert_eq!(found.len(), expect.len(), "{found:#?}");
+}
+
+#[test]
+fn bad_toml_is_located() {
+    let found = problems("[source]\nurl = \"x\n");
+    assert!(
+        found[0].starts_with("/jobs/orders.toml:2: not valid TOML"),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn table_and_query_together_are_refused() {
+    let found = problems(
+        "[source]\nurl = \"sqlite://a.db\"\ntable = \"t\"\nquery = \"SELECT 1\"\n[destination]\nurl = \"d.csv\"\n[match]\na = \"b\"\n",
+    );
+    assert_eq!(
+        found,
+        ["/jobs/orders.toml:4: `[source]` has both `table` and `query`; keep one"]
+    );
+}
+
+#[test]
+fn environment_variables_are_expanded_and_missing_ones_named() {
+    let text = "[source]\nurl = \"postgres://app:${PGPASSWORD}@${PGHOST:-localhost}/dw\"\ntable = \"t\"\n[destination]\nurl = \"out.csv\"\n[match]\na = \"b\"\n";
+    let job = parse(text, &[("PGPASSWORD", "p$w\"d")]).unwrap();
+    assert_eq!(
+        job.source.location,
+        Location::Postgres("postgres://app:p$w\"d@localhost/dw".into())
+    );
+    assert_eq!(
+        job.source.location.display(),
+        "postgres://app:***@localhost/dw"
+    );
+    let found = problems(text);
+    assert_eq!(found.len(), 1);
+    assert!(
+        found[0].contains(":2: `source.url`: environment variable `PGPASSWORD` is not set"),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn relative_paths_resolve_against_the_job_folder() {
+    let job = parse(
+        "diff_query = \"queries/d.sql\"\n[source]\nurl = \"data/in.parquet\"\n[destination]\nurl = \"sqlite:///abs/app.db\"\ntable = \"t\"\n[match]\na = \"b\"\n[write]\nmax_changes = \"10%\"\ndeletes = true\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        job.source.location,
+        Location::File("/jobs/data/in.parquet".into(), FileFormat::Parquet)
+    );
+    assert_eq!(
+        job.destination.location,
+        Location::Sqlite("/abs/app.db".into())
+    );
+    assert_eq!(
+        job.diff_query.as_deref(),
+        Some(Path::new("/jobs/queries/d.sql"))
+    );
+    assert_eq!(job.write.max_changes, Some(MaxChanges::Percent(10.0)));
+    assert!(job.write.deletes);
+    assert_eq!(job.name, "orders");
+}
+
+#[test]
+fn a_file_endpoint_takes_no_table() {
+    let found = problems(
+        "[source]\nurl = \"in.csv\"\ntable = \"t\"\n[destination]\nurl = \"out.jsonl\"\n[match]\na = \"b\"\n",
+    );
+    assert_eq!(found.len(), 1);
+    assert!(
+        found[0].contains(":3: `[source]` reads a file"),
+        "{found:?}"
+    );
+}

@@ -1,0 +1,12 @@
+//! The integration suite: one binary, modules per area. Server tests need the PostgreSQL and
+//! MariaDB instances that tests/run.sh starts (it exports RECON_TEST_PG_URL / RECON_TEST_MYSQL_URL).
+
+mod support;
+
+mod cli;
+mod config;
+mod files;
+mod mariadb;
+mod postgres;
+mod properties;
+mod sqlite;
