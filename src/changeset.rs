@@ -66,6 +66,32 @@ pub struct Change {
     pub destination: Vec<Value>,
     /// Per compared column: does it differ?
     pub changed: Vec<bool>,
+    /// The key and the source values as typed cells, for writeback (empty when only reporting).
+    pub cells: Cells,
+}
+
+/// Typed values of one change, as writeback binds them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Cells {
+    pub key: Vec<Cell>,
+    pub source: Vec<Cell>,
+}
+
+/// One typed value, converted from Arrow; what a database driver binds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    /// Exact decimal digits, e.g. `-12.50`.
+    Decimal(String),
+    Text(String),
+    Bytes(Vec<u8>),
+    Date(chrono::NaiveDate),
+    Time(chrono::NaiveTime),
+    Timestamp(chrono::NaiveDateTime),
+    TimestampTz(chrono::DateTime<chrono::Utc>),
 }
 
 /// The result of a diff.

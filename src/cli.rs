@@ -42,6 +42,16 @@ pub enum Command {
     )]
     Plan(PlanArgs),
 
+    /// Compute the changeset and write it back; record the run and every failed row
+    #[command(
+        after_help = "Examples:\n  recon apply orders.toml\n  recon apply orders.toml --format json > run.json\n  recon apply orders.toml --max-changes 5000\n\nExit codes: 0 all written, 1 failure or guard tripped (nothing written by a guard), 3 some rows failed (recorded; retried by the next run), 75 another apply of this job is running."
+    )]
+    Apply(ApplyArgs),
+
+    /// Read or change the job's saved state, or list its past runs
+    #[command(subcommand)]
+    State(StateCommand),
+
     /// Validate the job file, reach both sides and check the column mapping; writes nothing
     Check {
         /// The job file (TOML)
@@ -76,4 +86,83 @@ pub struct PlanArgs {
     /// Exit with 4 when anything would change (for scripts and CI)
     #[arg(long)]
     pub exit_code: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The job file (TOML)
+    pub job: PathBuf,
+
+    /// Output format
+    #[arg(long, short, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+
+    /// Write the output to this file instead of stdout
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+
+    /// List at most N changes (counts are always complete); default 20 for table/markdown, all for json/jsonl/csv
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+
+    /// Allow this many changes for this run: a row count (5000) or a percentage of the destination (25%)
+    #[arg(long, value_name = "N|P%", value_parser = parse_max_changes)]
+    pub max_changes: Option<crate::config::MaxChanges>,
+
+    /// Skip the max_changes guard for this run
+    #[arg(long)]
+    pub force: bool,
+
+    /// Let an empty source snapshot delete destination rows (off: an empty source deletes nothing)
+    #[arg(long)]
+    pub allow_empty_source: bool,
+}
+
+fn parse_max_changes(s: &str) -> Result<crate::config::MaxChanges, String> {
+    use crate::config::MaxChanges;
+    let s = s.trim();
+    if let Some(p) = s.strip_suffix('%') {
+        return match p.trim().parse::<f64>() {
+            Ok(p) if p > 0.0 && p <= 100.0 => Ok(MaxChanges::Percent(p)),
+            _ => Err("a percentage above 0 and at most 100, like 25%".into()),
+        };
+    }
+    s.parse::<u64>()
+        .map(MaxChanges::Rows)
+        .map_err(|_| "a row count (5000) or a percentage (25%)".into())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// Print the job's state value as JSON (nothing when none is set)
+    Get {
+        /// The job file (TOML)
+        job: PathBuf,
+    },
+    /// Set the job's state value: VALUE is parsed as JSON, otherwise stored as a string
+    #[command(
+        after_help = "Examples:\n  recon state set orders.toml 42\n  recon state set orders.toml '{\"page\": 3}'\n  recon state set orders.toml 2024-01-01T00:00:00Z"
+    )]
+    Set {
+        /// The job file (TOML)
+        job: PathBuf,
+        /// The new value
+        value: String,
+    },
+    /// Remove the job's state value
+    Reset {
+        /// The job file (TOML)
+        job: PathBuf,
+    },
+    /// List the job's recent runs, newest first
+    History {
+        /// The job file (TOML)
+        job: PathBuf,
+        /// How many runs to list
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Output format
+        #[arg(long, short, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
 }

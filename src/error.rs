@@ -122,6 +122,33 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error("the state store `{}` failed", path.display())]
+    State {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    #[error("another run of job `{job}` holds the lock `{}` ({holder})", path.display())]
+    Locked {
+        job: String,
+        holder: String,
+        path: PathBuf,
+    },
+
+    #[error("{message}")]
+    Guard { message: String, hint: String },
+
+    #[error("{0}")]
+    Unsupported(String),
+
+    #[error("writing to the destination failed ({what})")]
+    Writeback {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     #[error("internal error (this is a bug in recon, please report it): {0}")]
     Internal(String),
 }
@@ -131,6 +158,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::InvalidJob(_) => 78,
+            Error::Locked { .. } => 75,
             _ => 1,
         }
     }
@@ -154,6 +182,9 @@ impl Error {
                 "a key must identify one row; add columns to [match] for a composite key, or de-duplicate the {side}"
             ),
             Error::DiffQuery { .. } => "a diff query returns `action` ('insert', 'update' or 'delete') and the destination's key and compared columns".into(),
+            Error::Locked { .. } => "wait for the other run to finish; the lock is released as soon as its process ends".into(),
+            Error::Guard { hint, .. } => hint.clone(),
+            Error::Writeback { .. } => "rows written before the failure are kept; the next run's diff finds the rest".into(),
             Error::Read { .. } => "run `recon check JOB.toml` to see whether both sides can be reached and read".into(),
             _ => return None,
         })

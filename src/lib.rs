@@ -18,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod apply;
 pub mod changeset;
 pub mod check;
 pub mod cli;
@@ -30,12 +31,16 @@ pub mod progress;
 pub mod report;
 pub mod snapshot;
 pub mod sql;
+pub mod state;
 pub mod types;
+pub mod writeback;
 
+pub use apply::{ApplyOptions, ApplyReport, apply};
 pub use changeset::{Action, Change, Changeset, Summary};
 pub use config::Job;
 pub use error::{Error, Result, Side};
 pub use progress::Progress;
+pub use state::State;
 
 /// Compute the job's changeset without writing anything: read both snapshots, check keys, diff.
 /// `limit` caps the listed changes (counts are always complete); `None` lists all.
@@ -43,4 +48,11 @@ pub async fn plan(job: &Job, limit: Option<usize>, progress: &Progress) -> Resul
     let ctx = diff::session();
     connect::register_both(&ctx, job, None, progress).await?;
     diff::changeset(&ctx, job, limit).await
+}
+
+/// The full changeset with typed cells for every change, as `apply` writes it.
+pub async fn plan_with_cells(job: &Job, progress: &Progress) -> Result<Changeset> {
+    let ctx = diff::session();
+    connect::register_both(&ctx, job, None, progress).await?;
+    diff::changeset_with(&ctx, job, None, true).await
 }

@@ -5,11 +5,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use recon::cli::{Cli, Command, PlanArgs};
+use recon::cli::{ApplyArgs, Cli, Command, PlanArgs, StateCommand};
 use recon::{Error, Job, Progress, report};
 
 /// Exit code when `--exit-code` is given and something would change.
 const EXIT_DRIFT: u8 = 4;
+/// Exit code when apply finished but some rows failed (they are recorded and retried).
+const EXIT_PARTIAL: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -39,6 +41,8 @@ fn main() -> ExitCode {
 async fn run(command: Command, progress: Progress) -> recon::Result<u8> {
     match command {
         Command::Plan(args) => plan(args, progress).await,
+        Command::Apply(args) => apply(args, progress).await,
+        Command::State(command) => state(command).await,
         Command::Check { job } => check(&Job::load(&job)?, &progress).await,
         Command::Init { dir } => {
             let job = recon::init::init(&dir)?;
@@ -70,6 +74,60 @@ async fn plan(args: PlanArgs, progress: Progress) -> recon::Result<u8> {
     })
 }
 
+async fn apply(args: ApplyArgs, progress: Progress) -> recon::Result<u8> {
+    let job = Job::load(&args.job)?;
+    let options = recon::ApplyOptions {
+        max_changes: args.max_changes,
+        force: args.force,
+        allow_empty_source: args.allow_empty_source,
+    };
+    let mut report = recon::apply(&job, &options, &progress).await?;
+    if let Some(limit) = args.limit.or(args.format.default_limit()) {
+        report.changeset.changes.truncate(limit);
+    }
+    report::emit(
+        &report::render_apply(&report, args.format),
+        args.output.as_deref(),
+    )?;
+    Ok(if report.failed.is_empty() {
+        0
+    } else {
+        EXIT_PARTIAL
+    })
+}
+
+async fn state(command: StateCommand) -> recon::Result<u8> {
+    match command {
+        StateCommand::Get { job } => {
+            let value = recon::State::open(&Job::load(&job)?).await?.get().await?;
+            if let Some(v) = value {
+                report::emit(&format!("{v}\n"), None)?;
+            }
+        }
+        StateCommand::Set { job, value } => {
+            let value = serde_json::from_str(&value).unwrap_or(serde_json::Value::String(value));
+            recon::State::open(&Job::load(&job)?)
+                .await?
+                .set(Some(&value), "state set")
+                .await?;
+        }
+        StateCommand::Reset { job } => {
+            recon::State::open(&Job::load(&job)?)
+                .await?
+                .set(None, "state reset")
+                .await?;
+        }
+        StateCommand::History { job, limit, format } => {
+            let runs = recon::State::open(&Job::load(&job)?)
+                .await?
+                .history(limit)
+                .await?;
+            report::emit(&report::render_history(&runs, format), None)?;
+        }
+    }
+    Ok(0)
+}
+
 async fn check(job: &Job, progress: &Progress) -> recon::Result<u8> {
     let found = recon::check::check(job, progress).await;
     let mut text = format!(
@@ -95,9 +153,9 @@ async fn check(job: &Job, progress: &Progress) -> recon::Result<u8> {
 fn init_logging(cli: &Cli) {
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
-        (false, 0) => "warn",
-        (false, 1) => "recon=info",
-        (false, _) => "recon=debug",
+        (false, 0) => "warn,sqlx=error",
+        (false, 1) => "warn,sqlx=error,recon=info",
+        (false, _) => "warn,recon=debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("RECON_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));

@@ -35,7 +35,7 @@ impl Progress {
             return RowCounter(ProgressBar::hidden());
         };
         let style = ProgressStyle::with_template(
-            "{spinner} {prefix}: {human_pos} rows read ({per_sec}) {msg}",
+            "{spinner} {prefix}: {human_pos} rows read in {elapsed} {msg}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_spinner());
         let bar = multi.add(
@@ -45,6 +45,20 @@ impl Progress {
         );
         bar.enable_steady_tick(Duration::from_millis(120));
         RowCounter(bar)
+    }
+}
+
+impl Progress {
+    /// A bar counting up to `total` rows (writes).
+    pub fn bar(&self, label: &'static str, total: u64) -> RowCounter {
+        let Some(multi) = &self.multi else {
+            return RowCounter(ProgressBar::hidden());
+        };
+        let style = ProgressStyle::with_template(
+            "{prefix}: {bar:30} {human_pos}/{human_len} rows ({eta} left) {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+        RowCounter(multi.add(ProgressBar::new(total).with_style(style).with_prefix(label)))
     }
 }
 

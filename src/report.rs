@@ -273,3 +273,117 @@ fn csv(changeset: &Changeset) -> String {
     }
     out
 }
+
+/// Render an apply: the plan's output plus what was written and what failed.
+pub fn render_apply(report: &crate::apply::ApplyReport, format: Format) -> String {
+    let changeset = &report.changeset;
+    match format {
+        Format::Json => {
+            let mut doc = document(changeset);
+            doc["applied"] = json!(report.applied);
+            doc["failed"] = json!(report.failed.len());
+            doc["failed_rows"] = Value::Array(report.failed.iter().map(failed_object).collect());
+            let mut text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+            text.push('\n');
+            text
+        }
+        Format::Jsonl => report
+            .failed
+            .iter()
+            .map(|f| format!("{}\n", failed_object(f)))
+            .collect(),
+        _ => {
+            let mut out = render(changeset, format);
+            out.push_str(&applied_line(report));
+            for f in &report.failed {
+                let persistent = if f.runs >= crate::apply::PERSISTENT_AFTER {
+                    format!(" — persistently failing ({} runs in a row)", f.runs)
+                } else {
+                    String::new()
+                };
+                out.push_str(&format!(
+                    "failed {} {}: {}{persistent}\n",
+                    f.action, f.key, f.error
+                ));
+            }
+            out
+        }
+    }
+}
+
+fn failed_object(f: &crate::state::FailedRow) -> Value {
+    let key: Value = serde_json::from_str(&f.key).unwrap_or(Value::String(f.key.clone()));
+    json!({
+        "action": f.action,
+        "key": key,
+        "error": f.error,
+        "runs": f.runs,
+        "persistent": f.runs >= crate::apply::PERSISTENT_AFTER,
+    })
+}
+
+fn applied_line(report: &crate::apply::ApplyReport) -> String {
+    let a = report.applied;
+    let skipped = if report.deletes || report.changeset.summary.delete == 0 {
+        String::new()
+    } else {
+        format!(
+            " ({} not deleted: `[write] deletes` is off)",
+            report.changeset.summary.delete
+        )
+    };
+    format!(
+        "applied: {} inserted, {} updated, {} deleted{skipped}; {} failed\n",
+        a.insert,
+        a.update,
+        a.delete,
+        report.failed.len()
+    )
+}
+
+/// Render run history (newest first).
+pub fn render_history(runs: &[crate::state::Run], format: Format) -> String {
+    match format {
+        Format::Json => format!(
+            "{}\n",
+            serde_json::to_string_pretty(runs).unwrap_or_default()
+        ),
+        Format::Jsonl => runs.iter().map(|r| format!("{}\n", json!(r))).collect(),
+        _ => {
+            if runs.is_empty() {
+                return "no runs recorded yet\n".into();
+            }
+            let mut t = comfy_table::Table::new();
+            t.load_preset(comfy_table::presets::NOTHING);
+            t.set_header(vec![
+                "run",
+                "command",
+                "started",
+                "outcome",
+                "planned i/u/d",
+                "applied i/u/d",
+                "failed",
+                "message",
+            ]);
+            for r in runs {
+                t.add_row(vec![
+                    r.id.to_string(),
+                    r.command.clone(),
+                    r.started_at.clone(),
+                    r.outcome.clone(),
+                    format!(
+                        "{}/{}/{}",
+                        r.planned_insert, r.planned_update, r.planned_delete
+                    ),
+                    format!(
+                        "{}/{}/{}",
+                        r.applied_insert, r.applied_update, r.applied_delete
+                    ),
+                    r.failed.to_string(),
+                    r.message.clone().unwrap_or_default(),
+                ]);
+            }
+            format!("{t}\n")
+        }
+    }
+}

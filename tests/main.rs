@@ -3,6 +3,7 @@
 
 mod support;
 
+mod apply;
 mod cli;
 mod config;
 mod files;

@@ -50,6 +50,16 @@ pub async fn resolve_registered(ctx: &SessionContext, job: &Job) -> Result<Resol
 
 /// Compute the changeset of the registered snapshots, listing at most `limit` changes.
 pub async fn changeset(ctx: &SessionContext, job: &Job, limit: Option<usize>) -> Result<Changeset> {
+    changeset_with(ctx, job, limit, false).await
+}
+
+/// As [`changeset`]; with `cells`, each listed change also carries typed cells for writeback.
+pub async fn changeset_with(
+    ctx: &SessionContext,
+    job: &Job,
+    limit: Option<usize>,
+    cells: bool,
+) -> Result<Changeset> {
     let resolved = resolve_registered(ctx, job).await?;
     register_view(ctx, Side::Source, &resolved).await?;
     register_view(ctx, Side::Destination, &resolved).await?;
@@ -69,6 +79,7 @@ pub async fn changeset(ctx: &SessionContext, job: &Job, limit: Option<usize>) ->
         Some(path) => user_diff(ctx, path, &resolved).await?,
     };
     let mut collector = rows::Collector::new(resolved.keys.len(), resolved.compared.len(), limit);
+    collector.cells = cells;
     let mut stream = sql(ctx, &query).await?.execute_stream().await?;
     while let Some(batch) = stream.next().await {
         collector.add(&batch?)?;

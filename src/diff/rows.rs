@@ -4,12 +4,12 @@
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use serde_json::{Number, Value};
 
-use crate::changeset::{Action, Change, Summary};
+use crate::changeset::{Action, Cell, Cells, Change, Summary};
 use crate::error::{Error, Result};
 
 /// Accumulates counts and listed changes from diff output batches.
@@ -17,6 +17,8 @@ pub struct Collector {
     keys: usize,
     compared: usize,
     limit: Option<usize>,
+    /// Also convert each listed change's key and source values to typed cells (for writeback).
+    pub cells: bool,
     pub summary: Summary,
     pub changes: Vec<Change>,
 }
@@ -27,6 +29,7 @@ impl Collector {
             keys,
             compared,
             limit,
+            cells: false,
             summary: Summary::default(),
             changes: Vec::new(),
         }
@@ -73,6 +76,23 @@ impl Collector {
             source: values("s_v", self.compared)?,
             destination: values("d_v", self.compared)?,
             changed,
+            cells: if self.cells {
+                self.cells(batch, row)?
+            } else {
+                Cells::default()
+            },
+        })
+    }
+
+    fn cells(&self, batch: &RecordBatch, row: usize) -> Result<Cells> {
+        let cells = |prefix: &str, n: usize| -> Result<Vec<Cell>> {
+            (0..n)
+                .map(|i| Ok(cell(&column(batch, &format!("{prefix}{i}"))?, row)))
+                .collect()
+        };
+        Ok(Cells {
+            key: cells("k", self.keys)?,
+            source: cells("s_v", self.compared)?,
         })
     }
 }
@@ -130,5 +150,72 @@ fn display_value(array: &ArrayRef, row: usize) -> Value {
     match ArrayFormatter::try_new(array.as_ref(), &options) {
         Ok(f) => Value::String(f.value(row).to_string()),
         Err(_) => Value::String(format!("<{}>", array.data_type())),
+    }
+}
+
+/// One cell as a typed value for writeback.
+pub fn cell(array: &ArrayRef, row: usize) -> Cell {
+    use DataType::*;
+    if array.is_null(row) || array.data_type() == &Null {
+        return Cell::Null;
+    }
+    let one = array.slice(row, 1);
+    let as_type = |t: DataType| cast(&one, &t).ok().filter(|a| a.is_valid(0));
+    match array.data_type() {
+        Boolean => Cell::Bool(array.as_boolean().value(row)),
+        Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 => {
+            as_type(Int64).map_or(Cell::Null, |a| {
+                Cell::Int(
+                    a.as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                        .value(0),
+                )
+            })
+        }
+        Float16 | Float32 | Float64 => as_type(Float64).map_or(Cell::Null, |a| {
+            Cell::Float(
+                a.as_primitive::<datafusion::arrow::datatypes::Float64Type>()
+                    .value(0),
+            )
+        }),
+        UInt64 | Decimal32(..) | Decimal64(..) | Decimal128(..) | Decimal256(..) => {
+            Cell::Decimal(crate::changeset::display(&display_value(array, row)))
+        }
+        Utf8 | LargeUtf8 | Utf8View => as_type(Utf8).map_or(Cell::Null, |a| {
+            Cell::Text(a.as_string::<i32>().value(0).to_string())
+        }),
+        Binary | LargeBinary | BinaryView | FixedSizeBinary(_) => as_type(Binary)
+            .map_or(Cell::Null, |a| {
+                Cell::Bytes(a.as_binary::<i32>().value(0).to_vec())
+            }),
+        Date32 | Date64 => as_type(Date32).map_or(Cell::Null, |a| {
+            let days = a
+                .as_primitive::<datafusion::arrow::datatypes::Date32Type>()
+                .value(0);
+            chrono::NaiveDate::from_num_days_from_ce_opt(days + 719_163)
+                .map_or(Cell::Null, Cell::Date)
+        }),
+        Time32(_) | Time64(_) => as_type(Time64(TimeUnit::Microsecond)).map_or(Cell::Null, |a| {
+            let us = a
+                .as_primitive::<datafusion::arrow::datatypes::Time64MicrosecondType>()
+                .value(0);
+            chrono::NaiveTime::from_num_seconds_from_midnight_opt(
+                (us / 1_000_000) as u32,
+                ((us % 1_000_000) * 1000) as u32,
+            )
+            .map_or(Cell::Null, Cell::Time)
+        }),
+        Timestamp(_, zone) => {
+            as_type(Timestamp(TimeUnit::Microsecond, None)).map_or(Cell::Null, |a| {
+                let us = a
+                    .as_primitive::<datafusion::arrow::datatypes::TimestampMicrosecondType>()
+                    .value(0);
+                match chrono::DateTime::from_timestamp_micros(us) {
+                    Some(t) if zone.is_some() => Cell::TimestampTz(t),
+                    Some(t) => Cell::Timestamp(t.naive_utc()),
+                    None => Cell::Null,
+                }
+            })
+        }
+        _ => Cell::Text(crate::changeset::display(&display_value(array, row))),
     }
 }

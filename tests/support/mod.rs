@@ -184,3 +184,48 @@ pub fn fixture(name: &str) -> PathBuf {
         .join("fixtures")
         .join(name)
 }
+
+/// A `recon` process stopped at a pause point (`RECON_PAUSE_AT`), to be killed or waited on.
+pub struct Paused {
+    pub child: std::process::Child,
+}
+
+/// Start `recon args` with `RECON_PAUSE_AT=point` and wait (at most 60 s) until it says it paused.
+pub fn recon_paused(args: &[&str], dir: &Path, point: &str) -> Paused {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_recon"))
+        .args(args)
+        .current_dir(dir)
+        .env("RECON_PAUSE_AT", point)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn recon");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.starts_with("recon: paused at") => return Paused { child },
+            Ok(_) => continue,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("recon did not reach pause point {point} within 60 s (or exited)");
+            }
+        }
+    }
+}
+
+impl Paused {
+    /// SIGKILL, as a crash or an OOM kill would.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill recon");
+        self.child.wait().expect("reap recon");
+    }
+}

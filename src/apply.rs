@@ -1,0 +1,143 @@
+//! `recon apply`: the plan, then the writes, then the record — in that order. One apply per job
+//! at a time (a lock beside the state store); guards (`max_changes`, an empty source with deletes
+//! on) refuse before any write; the run and its failed rows are recorded in one state
+//! transaction only after the destination has been written, so a crash anywhere loses nothing:
+//! the next run's diff finds whatever was not written.
+
+use crate::changeset::Changeset;
+use crate::config::{Job, MaxChanges};
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::state::{FailedRow, Lock, Run, State, now};
+use crate::writeback::{self, Applied, pause_point};
+
+/// A key that failed in this many consecutive applies is called out as persistently failing.
+pub const PERSISTENT_AFTER: i64 = 3;
+
+/// Flags that change this run's guards.
+#[derive(Debug, Clone, Default)]
+pub struct ApplyOptions {
+    /// Overrides `[write] max_changes` for this run.
+    pub max_changes: Option<MaxChanges>,
+    /// Skip the `max_changes` guard.
+    pub force: bool,
+    /// Let an empty source snapshot delete destination rows.
+    pub allow_empty_source: bool,
+}
+
+/// What an apply did.
+#[derive(Debug, Clone)]
+pub struct ApplyReport {
+    pub changeset: Changeset,
+    pub deletes: bool,
+    pub applied: Applied,
+    /// Rows the destination refused, with how many consecutive applies they have failed in.
+    pub failed: Vec<FailedRow>,
+    pub run_id: i64,
+}
+
+pub async fn apply(job: &Job, options: &ApplyOptions, progress: &Progress) -> Result<ApplyReport> {
+    writeback::check_destination(job)?;
+    let _lock = Lock::acquire(job)?;
+    let mut state = State::open(job).await?;
+    let started_at = now();
+    let changeset = crate::plan_with_cells(job, progress).await?;
+    let mut run = Run {
+        command: "apply".into(),
+        started_at,
+        source_rows: changeset.summary.source_rows as i64,
+        destination_rows: changeset.summary.destination_rows as i64,
+        planned_insert: changeset.summary.insert as i64,
+        planned_update: changeset.summary.update as i64,
+        planned_delete: changeset.summary.delete as i64,
+        ..Run::default()
+    };
+    if let Err(refusal) = guard(job, options, &changeset) {
+        run.outcome = "refused".into();
+        run.finished_at = now();
+        run.message = Some(refusal.to_string());
+        state.record_run_only(&run).await?;
+        return Err(refusal);
+    }
+    pause_point("before-write");
+    let outcome = match writeback::write(job, &changeset, job.write.deletes, progress).await {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            run.outcome = "error".into();
+            run.finished_at = now();
+            run.message = Some(e.to_string());
+            let _ = state.record_run_only(&run).await;
+            return Err(e);
+        }
+    };
+    pause_point("before-state");
+    let previous = state.failing().await?;
+    let failed: Vec<FailedRow> = outcome
+        .failed
+        .iter()
+        .map(|f| {
+            let key = serde_json::Value::Object(f.key.clone()).to_string();
+            let runs = previous.get(&key).copied().unwrap_or(0) + 1;
+            FailedRow {
+                action: f.action.name().into(),
+                key,
+                error: f.error.clone(),
+                runs,
+            }
+        })
+        .collect();
+    run.applied_insert = outcome.applied.insert as i64;
+    run.applied_update = outcome.applied.update as i64;
+    run.applied_delete = outcome.applied.delete as i64;
+    run.failed = failed.len() as i64;
+    run.outcome = if failed.is_empty() { "ok" } else { "partial" }.into();
+    run.finished_at = now();
+    let run_id = state.record(&run, &failed).await?;
+    Ok(ApplyReport {
+        changeset,
+        deletes: job.write.deletes,
+        applied: outcome.applied,
+        failed,
+        run_id,
+    })
+}
+
+/// Refuse before any write when more rows would change than allowed, or when an empty source
+/// would delete rows.
+fn guard(job: &Job, options: &ApplyOptions, changeset: &Changeset) -> Result<()> {
+    let s = &changeset.summary;
+    let deletes = if job.write.deletes { s.delete } else { 0 };
+    if job.write.deletes && s.source_rows == 0 && deletes > 0 && !options.allow_empty_source {
+        return Err(Error::Guard {
+            message: format!("the source snapshot is empty: applying would delete all {deletes} destination rows"),
+            hint: "check the source; if the destination really must be emptied, pass `--allow-empty-source`".into(),
+        });
+    }
+    let changes = s.insert + s.update + deletes;
+    let limit = match (options.force, options.max_changes.or(job.write.max_changes)) {
+        (true, _) | (_, None) => return Ok(()),
+        (false, Some(limit)) => limit,
+    };
+    let (allowed, described) = match limit {
+        MaxChanges::Rows(n) => (n, format!("{n} rows")),
+        MaxChanges::Percent(p) => {
+            let n = (s.destination_rows as f64 * p / 100.0).floor() as u64;
+            (
+                n,
+                format!("{p}% of {} destination rows ({n})", s.destination_rows),
+            )
+        }
+    };
+    if changes <= allowed {
+        return Ok(());
+    }
+    Err(Error::Guard {
+        message: format!(
+            "max_changes: {changes} rows would change ({} insert, {} update, {deletes} delete), more than the limit of {described}; nothing was written",
+            s.insert, s.update
+        ),
+        hint: format!(
+            "if this is expected, allow it for this run with `--max-changes {changes}` or `--force` (or raise `[write] max_changes`)"
+        ),
+    })
+}

@@ -1,0 +1,281 @@
+//! Writeback: turn a changeset into writes on the destination. Rows are written in batches, each
+//! batch in its own transaction: inserts (key and compared columns, skipped when the key exists,
+//! so a replay inserts nothing twice), updates grouped by the set of changed columns (only those
+//! columns are written), and deletes when `[write] deletes = true`.
+//!
+//! A batch the database refuses (a constraint, a type, a length, a trigger) is rolled back and
+//! split in halves until the refused rows stand alone; the rest are written, and each refused row
+//! is returned with the database's message. Errors that are not about the rows (the connection
+//! is lost, the table is gone) stop the run.
+
+mod mysql;
+mod postgres;
+mod sqlite;
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+use crate::changeset::{Action, Change, Changeset};
+use crate::config::{Job, Location, Relation};
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+
+/// Rows written per action.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Applied {
+    pub insert: u64,
+    pub update: u64,
+    pub delete: u64,
+}
+
+/// A row the destination refused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub action: Action,
+    pub key: Map<String, Value>,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outcome {
+    pub applied: Applied,
+    pub failed: Vec<Failure>,
+}
+
+/// The destination table and its mapped columns.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub table: String,
+    pub keys: Vec<String>,
+    pub compared: Vec<String>,
+}
+
+/// One statement's worth of rows: an action, the compared columns it writes (by index) and rows.
+pub struct Op<'a> {
+    pub action: Action,
+    pub columns: &'a [usize],
+    pub rows: &'a [&'a Change],
+}
+
+/// Why a batch was not written.
+pub enum WriteError {
+    /// The database refused the rows (constraint, type, …): split and retry.
+    Rejected(String),
+    /// Anything else: stop the run.
+    Fatal(Error),
+}
+
+/// Classify a driver error: database errors concern the rows, the rest the run.
+pub fn classify(what: &str, e: sqlx::Error) -> WriteError {
+    match e {
+        sqlx::Error::Database(db) => WriteError::Rejected(db.message().to_string()),
+        other => WriteError::Fatal(Error::Writeback {
+            what: what.to_string(),
+            source: Box::new(other),
+        }),
+    }
+}
+
+enum Writer {
+    Postgres(postgres::Writer),
+    Mysql(mysql::Writer),
+    Sqlite(sqlite::Writer),
+}
+
+impl Writer {
+    async fn write(&mut self, target: &Target, op: &Op<'_>) -> Result<(), WriteError> {
+        match self {
+            Writer::Postgres(w) => w.write(target, op).await,
+            Writer::Mysql(w) => w.write(target, op).await,
+            Writer::Sqlite(w) => w.write(target, op).await,
+        }
+    }
+
+    /// Most rows one statement may carry with `values` bound values per row.
+    fn max_rows(&self, values: usize) -> usize {
+        let placeholders = match self {
+            Writer::Postgres(_) => return usize::MAX,
+            Writer::Mysql(_) => 65_535,
+            Writer::Sqlite(_) => 32_766,
+        };
+        (placeholders / values.max(1)).max(1)
+    }
+}
+
+/// Refuse destinations that cannot be written: files, and sides read through a `query`.
+pub fn check_destination(job: &Job) -> Result<()> {
+    match (&job.destination.location, &job.destination.relation) {
+        (Location::File(..), _) => Err(Error::Unsupported(
+            "apply writes to databases (PostgreSQL, MySQL/MariaDB, SQLite); a file destination can be planned, not applied".into(),
+        )),
+        (_, Relation::Table(_)) => Ok(()),
+        (_, _) => Err(Error::Unsupported(
+            "apply needs `[destination] table`: rows cannot be written back through a `query`".into(),
+        )),
+    }
+}
+
+/// The destination table and its mapped columns.
+pub fn target(job: &Job, changeset: &Changeset) -> Result<Target> {
+    check_destination(job)?;
+    let Relation::Table(table) = &job.destination.relation else {
+        return Err(Error::Internal("checked above".into()));
+    };
+    Ok(Target {
+        table: table.clone(),
+        keys: changeset.key_columns.clone(),
+        compared: changeset.compared_columns.clone(),
+    })
+}
+
+/// Write the changeset; deletes only when `deletes`.
+pub async fn write(
+    job: &Job,
+    changeset: &Changeset,
+    deletes: bool,
+    progress: &Progress,
+) -> Result<Outcome> {
+    let target = target(job, changeset)?;
+    let mut writer = match &job.destination.location {
+        Location::Postgres(url) => {
+            Writer::Postgres(postgres::Writer::connect(&job.destination, url, &target).await?)
+        }
+        Location::Mysql(url) => Writer::Mysql(mysql::Writer::connect(&job.destination, url).await?),
+        Location::Sqlite(path) => {
+            Writer::Sqlite(sqlite::Writer::connect(&job.destination, path).await?)
+        }
+        Location::File(..) => {
+            return Err(Error::Internal(
+                "file destinations are refused by target()".into(),
+            ));
+        }
+    };
+    let mut outcome = Outcome::default();
+    let groups = groups(changeset, deletes);
+    let total: usize = groups.iter().map(|(_, _, rows)| rows.len()).sum();
+    let counter = progress.bar("writing", total as u64);
+    for (action, columns, rows) in &groups {
+        let per_row = target.keys.len() + columns.len();
+        let size = job.write.batch_size.min(writer.max_rows(per_row));
+        for chunk in rows.chunks(size) {
+            pause_point("before-batch");
+            let op = Op {
+                action: *action,
+                columns,
+                rows: chunk,
+            };
+            isolate(&mut writer, &target, changeset, op, &mut outcome).await?;
+            counter.add(chunk.len());
+            pause_point("after-batch");
+        }
+    }
+    counter.done();
+    Ok(outcome)
+}
+
+/// Inserts (all compared columns), then updates grouped by their changed columns, then deletes.
+fn groups(changeset: &Changeset, deletes: bool) -> Vec<(Action, Vec<usize>, Vec<&Change>)> {
+    let all: Vec<usize> = (0..changeset.compared_columns.len()).collect();
+    let of = |a: Action| changeset.changes.iter().filter(move |c| c.action == a);
+    let mut out = vec![(Action::Insert, all, of(Action::Insert).collect::<Vec<_>>())];
+    let mut updates: BTreeMap<Vec<usize>, Vec<&Change>> = BTreeMap::new();
+    for c in of(Action::Update) {
+        let columns = c
+            .changed
+            .iter()
+            .enumerate()
+            .filter(|(_, x)| **x)
+            .map(|(i, _)| i)
+            .collect();
+        updates.entry(columns).or_default().push(c);
+    }
+    out.extend(
+        updates
+            .into_iter()
+            .map(|(cols, rows)| (Action::Update, cols, rows)),
+    );
+    if deletes {
+        out.push((Action::Delete, Vec::new(), of(Action::Delete).collect()));
+    }
+    out.retain(|(_, _, rows)| !rows.is_empty());
+    out
+}
+
+/// Write one batch; when the database refuses it, split until the refused rows stand alone.
+async fn isolate(
+    writer: &mut Writer,
+    target: &Target,
+    changeset: &Changeset,
+    op: Op<'_>,
+    outcome: &mut Outcome,
+) -> Result<()> {
+    let mut pending: Vec<&[&Change]> = vec![op.rows];
+    while let Some(rows) = pending.pop() {
+        let part = Op {
+            action: op.action,
+            columns: op.columns,
+            rows,
+        };
+        match writer.write(target, &part).await {
+            Ok(()) => {
+                let n = rows.len() as u64;
+                match op.action {
+                    Action::Insert => outcome.applied.insert += n,
+                    Action::Update => outcome.applied.update += n,
+                    Action::Delete => outcome.applied.delete += n,
+                }
+            }
+            Err(WriteError::Rejected(error)) if rows.len() == 1 => outcome.failed.push(Failure {
+                action: op.action,
+                key: changeset.key_object(rows[0]),
+                error,
+            }),
+            Err(WriteError::Rejected(_)) => {
+                let (a, b) = rows.split_at(rows.len() / 2);
+                pending.push(b);
+                pending.push(a);
+            }
+            Err(WriteError::Fatal(e)) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Test hook for crash tests: with `RECON_PAUSE_AT=NAME[:N]`, the N-th (default first) time the
+/// run reaches point NAME it says so on stderr and sleeps, so a test can kill it there. Points:
+/// `before-write`, `before-batch`, `after-batch`, `before-state`.
+pub fn pause_point(name: &str) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static SEEN: std::sync::Mutex<Vec<(String, usize)>> = std::sync::Mutex::new(Vec::new());
+    static PAUSED: AtomicUsize = AtomicUsize::new(0);
+    let Ok(spec) = std::env::var("RECON_PAUSE_AT") else {
+        return;
+    };
+    let (point, nth) = spec
+        .split_once(':')
+        .map_or((spec.as_str(), 1), |(p, n)| (p, n.parse().unwrap_or(1)));
+    if point != name {
+        return;
+    }
+    let count = {
+        let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+        match seen.iter_mut().find(|(n, _)| n == name) {
+            Some((_, c)) => {
+                *c += 1;
+                *c
+            }
+            None => {
+                seen.push((name.to_string(), 1));
+                1
+            }
+        }
+    };
+    if count == nth && PAUSED.fetch_add(1, Ordering::SeqCst) == 0 {
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!("recon: paused at {name}:{nth}");
+        }
+        std::thread::sleep(std::time::Duration::from_secs(120));
+    }
+}
