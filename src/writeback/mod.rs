@@ -58,6 +58,71 @@ pub struct Op<'a> {
     pub rows: &'a [&'a Change],
 }
 
+impl Op<'_> {
+    /// The compared columns this op writes (none for deletes).
+    pub fn written(&self) -> &[usize] {
+        if self.action == Action::Delete {
+            &[]
+        } else {
+            self.columns
+        }
+    }
+
+    /// The values bound or copied for one row: its key, then the written columns' source values.
+    pub fn cells<'c>(
+        &'c self,
+        change: &'c Change,
+    ) -> impl Iterator<Item = &'c crate::changeset::Cell> {
+        let source = self.written().iter().map(|i| &change.cells.source[*i]);
+        change.cells.key.iter().chain(source)
+    }
+
+    /// The batch's column names as writers stage them: `k0…` for the key, `v<i>` for column i.
+    pub fn staged_names(&self, target: &Target) -> Vec<String> {
+        let keys = (0..target.keys.len()).map(|i| format!("k{i}"));
+        keys.chain(self.written().iter().map(|i| format!("v{i}")))
+            .collect()
+    }
+
+    /// The destination's names for the same columns, quoted.
+    pub fn destination_names(&self, target: &Target, quote: fn(&str) -> String) -> Vec<String> {
+        let written = self.written().iter().map(|i| &target.compared[*i]);
+        target
+            .keys
+            .iter()
+            .chain(written)
+            .map(|c| quote(c))
+            .collect()
+    }
+
+    /// `d."total_price" = w.v0, …`: the update's assignments (`prefix` is `d.` where the dialect
+    /// wants the target qualified).
+    pub fn assignments(&self, target: &Target, quote: fn(&str) -> String, prefix: &str) -> String {
+        let sets: Vec<String> = self
+            .columns
+            .iter()
+            .map(|i| format!("{prefix}{} = w.v{i}", quote(&target.compared[*i])))
+            .collect();
+        sets.join(", ")
+    }
+
+    /// What is being written, for messages.
+    pub fn what(&self, target: &Target) -> String {
+        format!("writing {}s to `{}`", self.action.name(), target.table)
+    }
+}
+
+/// `d."code" = w.k0 AND …`: the key match between the destination `alias` and the staged rows.
+pub fn key_matches(target: &Target, quote: fn(&str) -> String, alias: &str) -> String {
+    let matches: Vec<String> = target
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("{alias}.{} = w.k{i}", quote(k)))
+        .collect();
+    matches.join(" AND ")
+}
+
 /// Why a batch was not written.
 pub enum WriteError {
     /// The database refused the rows (constraint, type, …): split and retry.

@@ -7,7 +7,7 @@ use sqlx::mysql::{MySql, MySqlArguments, MySqlConnectOptions, MySqlConnection};
 use sqlx::query::Query;
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
 
-use super::{Op, Target, WriteError, classify};
+use super::{Op, Target, WriteError, classify, key_matches};
 use crate::changeset::{Action, Cell};
 use crate::config::Endpoint;
 use crate::error::{Error, Result};
@@ -34,21 +34,10 @@ impl Writer {
     }
 
     pub async fn write(&mut self, target: &Target, op: &Op<'_>) -> Result<(), WriteError> {
-        let sql = statement(target, op);
-        let what = format!("writing {}s to `{}`", op.action.name(), target.table);
-        let mut query = sqlx::query(AssertSqlSafe(sql));
+        let what = op.what(target);
+        let mut query = sqlx::query(AssertSqlSafe(statement(target, op)));
         for change in op.rows {
-            let values = if op.action == Action::Delete {
-                &[][..]
-            } else {
-                op.columns
-            };
-            for cell in change
-                .cells
-                .key
-                .iter()
-                .chain(values.iter().map(|i| &change.cells.source[*i]))
-            {
+            for cell in op.cells(change) {
                 query = bind(query, cell);
             }
         }
@@ -65,65 +54,29 @@ impl Writer {
 
 /// `SELECT ? AS k0, ? AS v1 UNION ALL SELECT ?, ? …`: the batch as a derived table.
 fn rows(target: &Target, op: &Op<'_>) -> String {
-    let columns = if op.action == Action::Delete {
-        &[][..]
-    } else {
-        op.columns
-    };
-    let names: Vec<String> = (0..target.keys.len())
-        .map(|i| format!("k{i}"))
-        .chain(columns.iter().map(|i| format!("v{i}")))
-        .collect();
-    let first = format!(
-        "SELECT {}",
-        names
-            .iter()
-            .map(|n| format!("? AS {n}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let names = op.staged_names(target);
+    let first: Vec<String> = names.iter().map(|n| format!("? AS {n}")).collect();
     let other = format!(" UNION ALL SELECT {}", vec!["?"; names.len()].join(", "));
-    let mut sql = first;
-    for _ in 1..op.rows.len() {
-        sql.push_str(&other);
-    }
-    sql
+    format!(
+        "SELECT {}{}",
+        first.join(", "),
+        other.repeat(op.rows.len().saturating_sub(1))
+    )
 }
 
 fn statement(target: &Target, op: &Op<'_>) -> String {
     let table = quote_table(Dialect::Mysql, &target.table);
-    let matches: Vec<String> = target
-        .keys
-        .iter()
-        .enumerate()
-        .map(|(i, k)| format!("d.{} = w.k{i}", q(k)))
-        .collect();
-    let matches = matches.join(" AND ");
+    let matches = key_matches(target, q, "d");
     let rows = rows(target, op);
     match op.action {
-        Action::Insert => {
-            let names: Vec<String> = target
-                .keys
-                .iter()
-                .chain(op.columns.iter().map(|i| &target.compared[*i]))
-                .map(|c| q(c))
-                .collect();
-            format!(
-                "INSERT INTO {table} ({}) SELECT w.* FROM ({rows}) AS w WHERE NOT EXISTS (SELECT 1 FROM {table} AS d WHERE {matches})",
-                names.join(", ")
-            )
-        }
-        Action::Update => {
-            let sets: Vec<String> = op
-                .columns
-                .iter()
-                .map(|i| format!("d.{} = w.v{i}", q(&target.compared[*i])))
-                .collect();
-            format!(
-                "UPDATE {table} AS d JOIN ({rows}) AS w ON {matches} SET {}",
-                sets.join(", ")
-            )
-        }
+        Action::Insert => format!(
+            "INSERT INTO {table} ({}) SELECT w.* FROM ({rows}) AS w WHERE NOT EXISTS (SELECT 1 FROM {table} AS d WHERE {matches})",
+            op.destination_names(target, q).join(", ")
+        ),
+        Action::Update => format!(
+            "UPDATE {table} AS d JOIN ({rows}) AS w ON {matches} SET {}",
+            op.assignments(target, q, "d.")
+        ),
         Action::Delete => format!("DELETE d FROM {table} AS d JOIN ({rows}) AS w ON {matches}"),
     }
 }

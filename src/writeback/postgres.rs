@@ -10,7 +10,7 @@
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor};
 
-use super::{Op, Target, WriteError, classify};
+use super::{Op, Target, WriteError, classify, key_matches};
 use crate::changeset::{Action, Cell};
 use crate::config::Endpoint;
 use crate::error::{Error, Result};
@@ -65,16 +65,10 @@ impl Writer {
 
     pub async fn write(&mut self, target: &Target, op: &Op<'_>) -> Result<(), WriteError> {
         let statement = statement(target, op);
-        let columns: Vec<String> = (0..target.keys.len())
-            .map(|i| format!("k{i}"))
-            .chain(op.columns.iter().map(|i| format!("v{i}")))
-            .collect();
-        let copy = format!(
-            "COPY {TEMP} ({}) FROM STDIN (FORMAT csv)",
-            columns.join(", ")
-        );
+        let names = op.staged_names(target).join(", ");
+        let copy = format!("COPY {TEMP} ({names}) FROM STDIN (FORMAT csv)");
         let data = csv(op);
-        let what = format!("writing {}s to `{}`", op.action.name(), target.table);
+        let what = op.what(target);
         let mut tx = self.conn.begin().await.map_err(|e| classify(&what, e))?;
         let result = async {
             tx.execute(AssertSqlSafe(format!("TRUNCATE {TEMP}")))
@@ -101,42 +95,24 @@ impl Writer {
 
 fn statement(target: &Target, op: &Op<'_>) -> String {
     let table = quote_table(Dialect::Standard, &target.table);
-    let matches: Vec<String> = target
-        .keys
-        .iter()
-        .enumerate()
-        .map(|(i, k)| format!("d.{} = w.k{i}", quote(k)))
-        .collect();
-    let matches = matches.join(" AND ");
+    let matches = key_matches(target, quote, "d");
     match op.action {
         Action::Insert => {
-            let names: Vec<String> = target
-                .keys
+            let staged: Vec<String> = op
+                .staged_names(target)
                 .iter()
-                .chain(op.columns.iter().map(|i| &target.compared[*i]))
-                .map(|c| quote(c))
-                .collect();
-            let values: Vec<String> = (0..target.keys.len())
-                .map(|i| format!("w.k{i}"))
-                .chain(op.columns.iter().map(|i| format!("w.v{i}")))
+                .map(|n| format!("w.{n}"))
                 .collect();
             format!(
                 "INSERT INTO {table} ({}) SELECT {} FROM {TEMP} w WHERE NOT EXISTS (SELECT 1 FROM {table} d WHERE {matches})",
-                names.join(", "),
-                values.join(", ")
+                op.destination_names(target, quote).join(", "),
+                staged.join(", ")
             )
         }
-        Action::Update => {
-            let sets: Vec<String> = op
-                .columns
-                .iter()
-                .map(|i| format!("{} = w.v{i}", quote(&target.compared[*i])))
-                .collect();
-            format!(
-                "UPDATE {table} AS d SET {} FROM {TEMP} w WHERE {matches}",
-                sets.join(", ")
-            )
-        }
+        Action::Update => format!(
+            "UPDATE {table} AS d SET {} FROM {TEMP} w WHERE {matches}",
+            op.assignments(target, quote, "")
+        ),
         Action::Delete => format!("DELETE FROM {table} AS d USING {TEMP} w WHERE {matches}"),
     }
 }
@@ -146,12 +122,7 @@ fn statement(target: &Target, op: &Op<'_>) -> String {
 fn csv(op: &Op<'_>) -> String {
     let mut out = String::new();
     for change in op.rows {
-        let cells = change
-            .cells
-            .key
-            .iter()
-            .chain(op.columns.iter().map(|i| &change.cells.source[*i]));
-        let fields: Vec<String> = cells.map(field).collect();
+        let fields: Vec<String> = op.cells(change).map(field).collect();
         out.push_str(&fields.join(","));
         out.push('\n');
     }

@@ -8,7 +8,7 @@ use sqlx::query::Query;
 use sqlx::sqlite::{Sqlite, SqliteArguments, SqliteConnectOptions, SqliteConnection};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
 
-use super::{Op, Target, WriteError, classify};
+use super::{Op, Target, WriteError, classify, key_matches};
 use crate::changeset::{Action, Cell};
 use crate::config::Endpoint;
 use crate::error::{Error, Result};
@@ -43,20 +43,10 @@ impl Writer {
     }
 
     pub async fn write(&mut self, target: &Target, op: &Op<'_>) -> Result<(), WriteError> {
-        let what = format!("writing {}s to `{}`", op.action.name(), target.table);
+        let what = op.what(target);
         let mut query = sqlx::query(AssertSqlSafe(statement(target, op)));
-        let columns = if op.action == Action::Delete {
-            &[][..]
-        } else {
-            op.columns
-        };
         for change in op.rows {
-            for cell in change
-                .cells
-                .key
-                .iter()
-                .chain(columns.iter().map(|i| &change.cells.source[*i]))
-            {
+            for cell in op.cells(change) {
                 query = bind(query, cell);
             }
         }
@@ -77,57 +67,28 @@ impl Writer {
 
 fn statement(target: &Target, op: &Op<'_>) -> String {
     let table = quote_table(Dialect::Standard, &target.table);
-    let columns = if op.action == Action::Delete {
-        &[][..]
-    } else {
-        op.columns
-    };
-    let names: Vec<String> = (0..target.keys.len())
-        .map(|i| format!("k{i}"))
-        .chain(columns.iter().map(|i| format!("v{i}")))
-        .collect();
+    let names = op.staged_names(target);
     let row = format!("({})", vec!["?"; names.len()].join(", "));
-    let values = vec![row; op.rows.len()].join(", ");
-    let with = format!("WITH w({}) AS (VALUES {values})", names.join(", "));
-    let matches = |d: &str| -> String {
-        target
-            .keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| format!("{d}.{} = w.k{i}", quote(k)))
-            .collect::<Vec<_>>()
-            .join(" AND ")
-    };
+    let with = format!(
+        "WITH w({}) AS (VALUES {})",
+        names.join(", "),
+        vec![row; op.rows.len()].join(", ")
+    );
     match op.action {
-        Action::Insert => {
-            let dest: Vec<String> = target
-                .keys
-                .iter()
-                .chain(op.columns.iter().map(|i| &target.compared[*i]))
-                .map(|c| quote(c))
-                .collect();
-            format!(
-                "{with} INSERT INTO {table} ({}) SELECT {} FROM w WHERE NOT EXISTS (SELECT 1 FROM {table} AS d WHERE {})",
-                dest.join(", "),
-                names.join(", "),
-                matches("d")
-            )
-        }
-        Action::Update => {
-            let sets: Vec<String> = op
-                .columns
-                .iter()
-                .map(|i| format!("{} = w.v{i}", quote(&target.compared[*i])))
-                .collect();
-            format!(
-                "{with} UPDATE {table} SET {} FROM w WHERE {}",
-                sets.join(", "),
-                matches(&table)
-            )
-        }
+        Action::Insert => format!(
+            "{with} INSERT INTO {table} ({}) SELECT {} FROM w WHERE NOT EXISTS (SELECT 1 FROM {table} AS d WHERE {})",
+            op.destination_names(target, quote).join(", "),
+            names.join(", "),
+            key_matches(target, quote, "d")
+        ),
+        Action::Update => format!(
+            "{with} UPDATE {table} SET {} FROM w WHERE {}",
+            op.assignments(target, quote, ""),
+            key_matches(target, quote, &table)
+        ),
         Action::Delete => format!(
             "{with} DELETE FROM {table} WHERE EXISTS (SELECT 1 FROM w WHERE {})",
-            matches(&table)
+            key_matches(target, quote, &table)
         ),
     }
 }
