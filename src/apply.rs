@@ -11,9 +11,6 @@ use crate::progress::Progress;
 use crate::state::{FailedRow, Lock, Run, State, now};
 use crate::writeback::{self, Applied, pause_point};
 
-/// A key that failed in this many consecutive applies is called out as persistently failing.
-pub const PERSISTENT_AFTER: i64 = 3;
-
 /// Flags that change this run's guards.
 #[derive(Debug, Clone, Default)]
 pub struct ApplyOptions {
@@ -34,12 +31,15 @@ pub struct ApplyReport {
     /// Rows the destination refused, with how many consecutive applies they have failed in.
     pub failed: Vec<FailedRow>,
     pub run_id: i64,
+    /// `[write] persistent_after`: failing this many applies in a row makes a row persistent.
+    pub persistent_after: u64,
 }
 
 pub async fn apply(job: &Job, options: &ApplyOptions, progress: &Progress) -> Result<ApplyReport> {
     writeback::check_destination(job)?;
     let _lock = Lock::acquire(job)?;
     let mut state = State::open(job).await?;
+    state.lock_shared().await?;
     let started_at = now();
     let changeset = crate::plan_with_cells(job, progress).await?;
     let mut run = Run {
@@ -99,6 +99,7 @@ pub async fn apply(job: &Job, options: &ApplyOptions, progress: &Progress) -> Re
         applied: outcome.applied,
         failed,
         run_id,
+        persistent_after: job.write.persistent_after,
     })
 }
 

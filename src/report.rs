@@ -282,7 +282,11 @@ pub fn render_apply(report: &crate::apply::ApplyReport, format: Format) -> Strin
             let mut doc = document(changeset);
             doc["applied"] = json!(report.applied);
             doc["failed"] = json!(report.failed.len());
-            doc["failed_rows"] = Value::Array(report.failed.iter().map(failed_object).collect());
+            let rows = report
+                .failed
+                .iter()
+                .map(|f| failed_object(f, report.persistent_after));
+            doc["failed_rows"] = Value::Array(rows.collect());
             let mut text = serde_json::to_string_pretty(&doc).unwrap_or_default();
             text.push('\n');
             text
@@ -290,13 +294,13 @@ pub fn render_apply(report: &crate::apply::ApplyReport, format: Format) -> Strin
         Format::Jsonl => report
             .failed
             .iter()
-            .map(|f| format!("{}\n", failed_object(f)))
+            .map(|f| format!("{}\n", failed_object(f, report.persistent_after)))
             .collect(),
         _ => {
             let mut out = render(changeset, format);
             out.push_str(&applied_line(report));
             for f in &report.failed {
-                let persistent = if f.runs >= crate::apply::PERSISTENT_AFTER {
+                let persistent = if f.runs as u64 >= report.persistent_after {
                     format!(" — persistently failing ({} runs in a row)", f.runs)
                 } else {
                     String::new()
@@ -311,14 +315,14 @@ pub fn render_apply(report: &crate::apply::ApplyReport, format: Format) -> Strin
     }
 }
 
-fn failed_object(f: &crate::state::FailedRow) -> Value {
+fn failed_object(f: &crate::state::FailedRow, persistent_after: u64) -> Value {
     let key: Value = serde_json::from_str(&f.key).unwrap_or(Value::String(f.key.clone()));
     json!({
         "action": f.action,
         "key": key,
         "error": f.error,
         "runs": f.runs,
-        "persistent": f.runs >= crate::apply::PERSISTENT_AFTER,
+        "persistent": f.runs as u64 >= persistent_after,
     })
 }
 

@@ -1,10 +1,14 @@
 //! The state store: an embedded SQLite file (default `.recon/state.db` beside the job file, mode
-//! 0600, WAL) holding, per job, its runs, the rows that failed in its last apply, and its state
-//! value. The schema comes from `migrations/` (`sqlx::migrate!`). A run is recorded after the
+//! 0600, WAL) or a PostgreSQL database (`[state] url = "postgres://…"`, tables in the schema
+//! `recon`), holding, per job, its runs, the rows that failed in its last apply, and its state
+//! value. The schema comes from `migrations/sqlite` or `migrations/postgres` (`sqlx::migrate!`);
+//! the statements are written once, with `$n` parameters, which both drivers accept. A run is recorded after the
 //! destination has been written, in one transaction with its failed rows, never before: a crash
 //! in between loses only the record, and the next run's diff finds whatever was not written.
 //!
-//! Also here: the per-job lock that keeps two applies of one job apart.
+//! Also here: the per-job lock that keeps two applies of one job apart (a file lock beside the
+//! state store, plus a PostgreSQL advisory lock when state lives in PostgreSQL, so that applies
+//! on different machines sharing that state also exclude each other).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions, TryLockError};
@@ -13,13 +17,56 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode};
 use sqlx::{ConnectOptions, Connection, Row};
 
 use crate::config::Job;
 use crate::error::{Error, Result};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Where the state lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateLocation {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl StateLocation {
+    fn display(&self) -> PathBuf {
+        match self {
+            StateLocation::Sqlite(p) => p.clone(),
+            StateLocation::Postgres(url) => PathBuf::from(crate::config::redact(url)),
+        }
+    }
+
+    /// The folder that holds the job's lock file.
+    fn lock_folder(&self, job: &Job) -> PathBuf {
+        match self {
+            StateLocation::Sqlite(p) => p
+                .parent()
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+            StateLocation::Postgres(_) => job.folder().join(".recon"),
+        }
+    }
+}
+
+enum Store {
+    Sqlite(SqliteConnection),
+    Postgres(PgConnection),
+}
+
+/// Run `$body` with `$conn` bound to the store's connection, whichever driver it is.
+macro_rules! on_store {
+    ($store:expr, $conn:ident => $body:expr) => {
+        match $store {
+            Store::Sqlite($conn) => $body,
+            Store::Postgres($conn) => $body,
+        }
+    };
+}
 
 /// One recorded run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -54,22 +101,19 @@ pub struct FailedRow {
 
 /// The state store of one job.
 pub struct State {
-    conn: SqliteConnection,
+    store: Store,
     job: String,
     path: PathBuf,
 }
 
-/// The state database file for a job (`[state] url`, `sqlite://` prefix optional).
-pub fn state_path(job: &Job) -> Result<PathBuf> {
+/// Where a job's state lives (`[state] url`: a SQLite path, `sqlite://` optional, or postgres://).
+pub fn state_location(job: &Job) -> StateLocation {
     let url = job.state_url.as_str();
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Err(Error::Unsupported(
-            "a PostgreSQL state store ([state] url = \"postgres://…\") is not available in this version; use a SQLite path".into(),
-        ));
+        return StateLocation::Postgres(url.to_string());
     }
-    let path = url.strip_prefix("sqlite://").unwrap_or(url);
-    let path = Path::new(path);
-    Ok(if path.is_absolute() {
+    let path = Path::new(url.strip_prefix("sqlite://").unwrap_or(url));
+    StateLocation::Sqlite(if path.is_absolute() {
         path.to_path_buf()
     } else {
         job.folder().join(path)
@@ -93,26 +137,14 @@ fn store_error(path: &Path) -> impl Fn(sqlx::Error) -> Error + '_ {
 impl State {
     /// Open (creating if needed) the job's state store and bring its schema up to date.
     pub async fn open(job: &Job) -> Result<State> {
-        let path = state_path(job)?;
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io_error(dir))?;
-        }
-        create_private(&path)?;
-        let mut conn = SqliteConnectOptions::new()
-            .filename(&path)
-            .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(std::time::Duration::from_secs(10))
-            .connect()
-            .await
-            .map_err(store_error(&path))?;
-        if let Err(e) = MIGRATOR.run(&mut conn).await {
-            return Err(Error::State {
-                path,
-                source: Box::new(e),
-            });
-        }
+        let location = state_location(job);
+        let path = location.display();
+        let store = match &location {
+            StateLocation::Sqlite(file) => Store::Sqlite(open_sqlite(file).await?),
+            StateLocation::Postgres(url) => Store::Postgres(open_postgres(url, &path).await?),
+        };
         Ok(State {
-            conn,
+            store,
             job: job.name.clone(),
             path,
         })
@@ -124,14 +156,17 @@ impl State {
 
     /// The job's state value, if one was set.
     pub async fn get(&mut self) -> Result<Option<Value>> {
-        let row = sqlx::query("SELECT value FROM state WHERE job = ?")
-            .bind(&self.job)
-            .fetch_optional(&mut self.conn)
-            .await
-            .map_err(store_error(&self.path))?;
-        row.map(|r| {
-            let text: String = r.get(0);
-            serde_json::from_str(&text).map_err(|e| Error::State {
+        let job = self.job.clone();
+        let text: Option<String> = on_store!(&mut self.store, conn => {
+            sqlx::query("SELECT value FROM state WHERE job = $1")
+                .bind(job)
+                .fetch_optional(&mut *conn)
+                .await
+                .map(|row| row.map(|r| r.get(0)))
+        })
+        .map_err(store_error(&self.path))?;
+        text.map(|t| {
+            serde_json::from_str(&t).map_err(|e| Error::State {
                 path: self.path.clone(),
                 source: Box::new(e),
             })
@@ -141,167 +176,231 @@ impl State {
 
     /// Replace the job's state value (`None` removes it), recording the change as a run.
     pub async fn set(&mut self, value: Option<&Value>, command: &str) -> Result<()> {
-        let err = store_error(&self.path);
-        let now = now();
-        let mut tx = self.conn.begin().await.map_err(&err)?;
-        match value {
-            Some(v) => {
-                sqlx::query("INSERT INTO state (job, value, updated_at) VALUES (?, ?, ?) ON CONFLICT (job) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at")
-                    .bind(&self.job)
-                    .bind(v.to_string())
-                    .bind(&now)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(&err)?;
-            }
-            None => {
-                sqlx::query("DELETE FROM state WHERE job = ?")
-                    .bind(&self.job)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(&err)?;
-            }
-        }
+        let (job, now) = (self.job.clone(), now());
         let message = value.map_or_else(
             || "state removed".to_string(),
             |v| format!("state set to {v}"),
         );
-        sqlx::query("INSERT INTO runs (job, command, started_at, finished_at, outcome, message) VALUES (?, ?, ?, ?, 'state', ?)")
-            .bind(&self.job)
-            .bind(command)
-            .bind(&now)
-            .bind(&now)
-            .bind(message)
-            .execute(&mut *tx)
+        let value = value.map(Value::to_string);
+        on_store!(&mut self.store, conn => {
+            async {
+                let mut tx = conn.begin().await?;
+                match &value {
+                    Some(v) => sqlx::query(
+                        "INSERT INTO state (job, value, updated_at) VALUES ($1, $2, $3)
+                         ON CONFLICT (job) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                    )
+                    .bind(&job)
+                    .bind(v)
+                    .bind(&now)
+                    .execute(&mut *tx)
+                    .await?,
+                    None => sqlx::query("DELETE FROM state WHERE job = $1").bind(&job).execute(&mut *tx).await?,
+                };
+                sqlx::query("INSERT INTO runs (job, command, started_at, finished_at, outcome, message) VALUES ($1, $2, $3, $4, 'state', $5)")
+                    .bind(&job)
+                    .bind(command)
+                    .bind(&now)
+                    .bind(&now)
+                    .bind(&message)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await
+            }
             .await
-            .map_err(&err)?;
-        tx.commit().await.map_err(&err)
+        })
+        .map_err(store_error(&self.path))
     }
 
     /// How many consecutive applies each currently failing key has failed in (key → runs).
     pub async fn failing(&mut self) -> Result<HashMap<String, i64>> {
-        let rows = sqlx::query("SELECT key, runs FROM failed_rows WHERE job = ?")
-            .bind(&self.job)
-            .fetch_all(&mut self.conn)
-            .await
-            .map_err(store_error(&self.path))?;
-        Ok(rows
-            .iter()
-            .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1)))
+        Ok(self
+            .failed_rows()
+            .await?
+            .into_iter()
+            .map(|f| (f.key, f.runs))
             .collect())
     }
 
     /// Record a finished run and the rows that failed in it (replacing the previous run's), in one
     /// transaction. `failed[i].runs` must already count earlier consecutive failures.
     pub async fn record(&mut self, run: &Run, failed: &[FailedRow]) -> Result<i64> {
-        let err = store_error(&self.path);
-        let mut tx = self.conn.begin().await.map_err(&err)?;
-        let id: i64 = sqlx::query(
-            "INSERT INTO runs (job, command, started_at, finished_at, outcome, source_rows, destination_rows,
-               planned_insert, planned_update, planned_delete, applied_insert, applied_update, applied_delete, failed, message)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(&self.job)
-        .bind(&run.command)
-        .bind(&run.started_at)
-        .bind(&run.finished_at)
-        .bind(&run.outcome)
-        .bind(run.source_rows)
-        .bind(run.destination_rows)
-        .bind(run.planned_insert)
-        .bind(run.planned_update)
-        .bind(run.planned_delete)
-        .bind(run.applied_insert)
-        .bind(run.applied_update)
-        .bind(run.applied_delete)
-        .bind(run.failed)
-        .bind(&run.message)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(&err)?
-        .get(0);
-        sqlx::query("DELETE FROM failed_rows WHERE job = ?")
-            .bind(&self.job)
-            .execute(&mut *tx)
+        let job = self.job.clone();
+        on_store!(&mut self.store, conn => {
+            async {
+                let mut tx = conn.begin().await?;
+                let id: i64 = sqlx::query(
+                    "INSERT INTO runs (job, command, started_at, finished_at, outcome, source_rows, destination_rows,
+                       planned_insert, planned_update, planned_delete, applied_insert, applied_update, applied_delete, failed, message)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id",
+                )
+                .bind(&job)
+                .bind(&run.command)
+                .bind(&run.started_at)
+                .bind(&run.finished_at)
+                .bind(&run.outcome)
+                .bind(run.source_rows)
+                .bind(run.destination_rows)
+                .bind(run.planned_insert)
+                .bind(run.planned_update)
+                .bind(run.planned_delete)
+                .bind(run.applied_insert)
+                .bind(run.applied_update)
+                .bind(run.applied_delete)
+                .bind(run.failed)
+                .bind(&run.message)
+                .fetch_one(&mut *tx)
+                .await?
+                .get(0);
+                sqlx::query("DELETE FROM failed_rows WHERE job = $1").bind(&job).execute(&mut *tx).await?;
+                for row in failed {
+                    sqlx::query("INSERT INTO failed_rows (job, key, action, error, run_id, runs) VALUES ($1, $2, $3, $4, $5, $6)")
+                        .bind(&job)
+                        .bind(&row.key)
+                        .bind(&row.action)
+                        .bind(&row.error)
+                        .bind(id)
+                        .bind(row.runs)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(id)
+            }
             .await
-            .map_err(&err)?;
-        for row in failed {
-            sqlx::query("INSERT INTO failed_rows (job, key, action, error, run_id, runs) VALUES (?, ?, ?, ?, ?, ?)")
-                .bind(&self.job)
-                .bind(&row.key)
-                .bind(&row.action)
-                .bind(&row.error)
-                .bind(id)
-                .bind(row.runs)
-                .execute(&mut *tx)
-                .await
-                .map_err(&err)?;
-        }
-        tx.commit().await.map_err(&err)?;
-        Ok(id)
+        })
+        .map_err(store_error(&self.path))
     }
 
     /// Record a run that wrote nothing (refused by a guard, or failed), keeping the failed rows
     /// of the last apply that did write.
     pub async fn record_run_only(&mut self, run: &Run) -> Result<i64> {
         let previous = self.failed_rows().await?;
-        let id = self.record(run, &previous).await?;
-        Ok(id)
+        self.record(run, &previous).await
     }
 
     /// The job's most recent runs, newest first.
     pub async fn history(&mut self, limit: usize) -> Result<Vec<Run>> {
-        let rows = sqlx::query(
-            "SELECT id, command, started_at, finished_at, outcome, source_rows, destination_rows, planned_insert,
-               planned_update, planned_delete, applied_insert, applied_update, applied_delete, failed, message
-             FROM runs WHERE job = ? ORDER BY id DESC LIMIT ?",
-        )
-        .bind(&self.job)
-        .bind(limit as i64)
-        .fetch_all(&mut self.conn)
-        .await
-        .map_err(store_error(&self.path))?;
-        Ok(rows
-            .iter()
-            .map(|r| Run {
-                id: r.get(0),
-                command: r.get(1),
-                started_at: r.get(2),
-                finished_at: r.get(3),
-                outcome: r.get(4),
-                source_rows: r.get(5),
-                destination_rows: r.get(6),
-                planned_insert: r.get(7),
-                planned_update: r.get(8),
-                planned_delete: r.get(9),
-                applied_insert: r.get(10),
-                applied_update: r.get(11),
-                applied_delete: r.get(12),
-                failed: r.get(13),
-                message: r.get(14),
+        let job = self.job.clone();
+        on_store!(&mut self.store, conn => {
+            sqlx::query(
+                "SELECT id, command, started_at, finished_at, outcome, source_rows, destination_rows, planned_insert,
+                   planned_update, planned_delete, applied_insert, applied_update, applied_delete, failed, message
+                 FROM runs WHERE job = $1 ORDER BY id DESC LIMIT $2",
+            )
+            .bind(job)
+            .bind(limit as i64)
+            .fetch_all(&mut *conn)
+            .await
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| Run {
+                        id: r.get(0),
+                        command: r.get(1),
+                        started_at: r.get(2),
+                        finished_at: r.get(3),
+                        outcome: r.get(4),
+                        source_rows: r.get(5),
+                        destination_rows: r.get(6),
+                        planned_insert: r.get(7),
+                        planned_update: r.get(8),
+                        planned_delete: r.get(9),
+                        applied_insert: r.get(10),
+                        applied_update: r.get(11),
+                        applied_delete: r.get(12),
+                        failed: r.get(13),
+                        message: r.get(14),
+                    })
+                    .collect()
             })
-            .collect())
+        })
+        .map_err(store_error(&self.path))
     }
 
     /// The rows that failed in the job's last apply.
     pub async fn failed_rows(&mut self) -> Result<Vec<FailedRow>> {
-        let rows = sqlx::query(
-            "SELECT action, key, error, runs FROM failed_rows WHERE job = ? ORDER BY key",
-        )
-        .bind(&self.job)
-        .fetch_all(&mut self.conn)
-        .await
-        .map_err(store_error(&self.path))?;
-        Ok(rows
-            .iter()
-            .map(|r| FailedRow {
-                action: r.get(0),
-                key: r.get(1),
-                error: r.get(2),
-                runs: r.get(3),
-            })
-            .collect())
+        let job = self.job.clone();
+        on_store!(&mut self.store, conn => {
+            sqlx::query("SELECT action, key, error, runs FROM failed_rows WHERE job = $1 ORDER BY key")
+                .bind(job)
+                .fetch_all(&mut *conn)
+                .await
+                .map(|rows| {
+                    rows.iter()
+                        .map(|r| FailedRow { action: r.get(0), key: r.get(1), error: r.get(2), runs: r.get(3) })
+                        .collect()
+                })
+        })
+        .map_err(store_error(&self.path))
     }
+
+    /// Hold a PostgreSQL advisory lock for the job on this connection (state in PostgreSQL only),
+    /// so applies on other machines sharing the state store exclude each other too.
+    pub async fn lock_shared(&mut self) -> Result<()> {
+        let Store::Postgres(conn) = &mut self.store else {
+            return Ok(());
+        };
+        let key = format!("recon job {}", self.job);
+        let got: bool = sqlx::query("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+            .bind(&key)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(store_error(&self.path))?
+            .get(0);
+        if got {
+            return Ok(());
+        }
+        Err(Error::Locked {
+            job: self.job.clone(),
+            holder: "another apply holds the job's advisory lock in the PostgreSQL state store"
+                .into(),
+            path: self.path.clone(),
+        })
+    }
+}
+
+async fn open_sqlite(path: &Path) -> Result<SqliteConnection> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+    }
+    create_private(path)?;
+    let mut conn = SqliteConnectOptions::new()
+        .filename(path)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(std::time::Duration::from_secs(10))
+        .connect()
+        .await
+        .map_err(store_error(path))?;
+    if let Err(e) = SQLITE_MIGRATOR.run(&mut conn).await {
+        return Err(Error::State {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        });
+    }
+    Ok(conn)
+}
+
+/// Connect with `search_path = recon` (created if missing) so recon's tables never meet the
+/// database's own.
+async fn open_postgres(url: &str, shown: &Path) -> Result<PgConnection> {
+    let err = store_error(shown);
+    let options: PgConnectOptions = url.parse().map_err(&err)?;
+    let mut conn = options
+        .application_name("recon state")
+        .connect()
+        .await
+        .map_err(&err)?;
+    sqlx::raw_sql("CREATE SCHEMA IF NOT EXISTS recon; SET search_path = recon")
+        .execute(&mut conn)
+        .await
+        .map_err(&err)?;
+    if let Err(e) = POSTGRES_MIGRATOR.run(&mut conn).await {
+        return Err(Error::State {
+            path: shown.to_path_buf(),
+            source: Box::new(e),
+        });
+    }
+    Ok(conn)
 }
 
 /// Create the file with mode 0600 if it does not exist, so secrets in state stay private.
@@ -326,10 +425,7 @@ pub struct Lock {
 
 impl Lock {
     pub fn acquire(job: &Job) -> Result<Lock> {
-        let state = state_path(job)?;
-        let dir = state
-            .parent()
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        let dir = state_location(job).lock_folder(job);
         std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
         let path = dir.join(format!("{}.lock", sanitize(&job.name)));
         let mut file = OpenOptions::new()

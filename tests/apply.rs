@@ -383,3 +383,43 @@ fn state_values_round_trip() {
         "{history}"
     );
 }
+
+#[tokio::test]
+async fn state_can_live_in_postgres_and_its_lock_spans_machines() {
+    // A table of the user's own called `runs` must not meet recon's (they live in schema `recon`).
+    let state_url = postgres(
+        "state_store",
+        "CREATE TABLE runs (x int); INSERT INTO runs VALUES (1);",
+    )
+    .await;
+    let extra = format!("persistent_after = 2\n[state]\nurl = \"{state_url}\"");
+    let (a, b) = (sqlite_folder(&extra).await, sqlite_folder(&extra).await);
+    for f in [&a, &b] {
+        f.write("s.csv", &format!("{SOURCE}A-6,1.00,\n"));
+    }
+    // Two folders stand for two machines: their file locks differ, the advisory lock does not.
+    let first = recon_paused(&["apply", "job.toml"], a.dir.path(), "before-write");
+    let (code, _, err) = recon(&["apply", "job.toml"], b.dir.path());
+    assert_eq!(code, 75, "{err}");
+    assert!(err.contains("advisory lock"), "{err}");
+    first.kill();
+    for run in 1..=2 {
+        let (code, out, err) = recon(&["apply", "job.toml", "-f", "json"], b.dir.path());
+        assert_eq!(code, 3, "{err}");
+        assert_eq!(json(&out)["failed_rows"][0]["persistent"], run == 2);
+    }
+    let (_, history, _) = recon(
+        &["state", "history", "job.toml", "-f", "json"],
+        a.dir.path(),
+    );
+    assert_eq!(json(&history).as_array().unwrap().len(), 2, "{history}");
+    assert!(!a.path(".recon/state.db").exists());
+    use sqlx::{Connection, Row};
+    let mut conn = sqlx::PgConnection::connect(&state_url).await.unwrap();
+    let user_rows: i64 = sqlx::query("SELECT count(*) FROM public.runs")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(user_rows, 1);
+}

@@ -126,7 +126,7 @@ fn environment_variables_are_expanded_and_missing_ones_named() {
 #[test]
 fn relative_paths_resolve_against_the_job_folder() {
     let job = parse(
-        "diff_query = \"queries/d.sql\"\n[source]\nurl = \"data/in.parquet\"\n[destination]\nurl = \"sqlite:///abs/app.db\"\ntable = \"t\"\n[match]\na = \"b\"\n[write]\nmax_changes = \"10%\"\ndeletes = true\n",
+        "diff_query = \"queries/d.sql\"\n[source]\nurl = \"data/in.parquet\"\n[destination]\nurl = \"sqlite:///abs/app.db\"\ntable = \"t\"\n[match]\na = \"b\"\n[write]\nmax_changes = \"10%\"\ndeletes = true\npersistent_after = 5\n",
         &[],
     )
     .unwrap();
@@ -144,6 +144,7 @@ fn relative_paths_resolve_against_the_job_folder() {
     );
     assert_eq!(job.write.max_changes, Some(MaxChanges::Percent(10.0)));
     assert!(job.write.deletes);
+    assert_eq!(job.write.persistent_after, 5);
     assert_eq!(job.name, "orders");
 }
 

@@ -90,6 +90,8 @@ pub struct WriteOptions {
     pub deletes: bool,
     pub max_changes: Option<MaxChanges>,
     pub batch_size: usize,
+    /// A row failing in this many consecutive applies is reported as persistently failing.
+    pub persistent_after: u64,
 }
 
 impl Default for WriteOptions {
@@ -98,6 +100,7 @@ impl Default for WriteOptions {
             deletes: false,
             max_changes: None,
             batch_size: 1000,
+            persistent_after: 3,
         }
     }
 }

@@ -26,7 +26,7 @@ const TOP_KEYS: &[&str] = &[
     "diff_query",
 ];
 const ENDPOINT_KEYS: &[&str] = &["url", "table", "query", "id", "cursor", "lag", "http"];
-const WRITE_KEYS: &[&str] = &["deletes", "max_changes", "batch_size"];
+const WRITE_KEYS: &[&str] = &["deletes", "max_changes", "batch_size", "persistent_after"];
 const STATE_KEYS: &[&str] = &["url"];
 
 /// Collects problems while walking the document.
@@ -332,6 +332,15 @@ impl Walker<'_> {
                 None => self.problem(
                     v.span().start,
                     "`write.batch_size` must be a whole number above 0",
+                ),
+            }
+        }
+        if let Some(v) = table.get("persistent_after") {
+            match positive_integer(v) {
+                Some(n) => out.persistent_after = n,
+                None => self.problem(
+                    v.span().start,
+                    "`write.persistent_after` must be a whole number above 0",
                 ),
             }
         }

@@ -1,4 +1,5 @@
--- The state store: per job, its runs, the rows that failed in its last apply, and its state value.
+-- The state store (SQLite): per job, its runs, the rows that failed in its last apply, and its
+-- state value. Keep in step with migrations/postgres/.
 
 CREATE TABLE runs (
     id               INTEGER PRIMARY KEY AUTOINCREMENT,
