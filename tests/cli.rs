@@ -206,3 +206,18 @@ fn help_teaches_with_examples() {
         "{out}"
     );
 }
+
+#[test]
+fn a_dry_run_changes_nothing() {
+    let f = Folder::new();
+    for name in ["app.db", "source_order.csv", "job.toml"] {
+        std::fs::copy(fixture("orders").join(name), f.path(name)).unwrap();
+    }
+    let before = std::fs::read(f.path("app.db")).unwrap();
+    for format in ["table", "json", "csv"] {
+        let (code, _, err) = recon(&["plan", "job.toml", "-f", format], f.dir.path());
+        assert_eq!(code, 0, "{err}");
+    }
+    assert_eq!(std::fs::read(f.path("app.db")).unwrap(), before);
+    assert!(!f.path(".recon").exists(), "plan keeps no state");
+}

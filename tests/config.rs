@@ -159,3 +159,26 @@ fn a_file_endpoint_takes_no_table() {
         "{found:?}"
     );
 }
+
+#[test]
+fn the_reference_file_documents_every_key_and_parses() {
+    let path = crate::support::fixture("reference.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let job = Job::parse(&path, &text, &|_| None).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(
+        job.source.location,
+        Location::Postgres("postgres://app:secret@localhost:5432/dw".into())
+    );
+    assert_eq!(job.source.relation, Relation::Table("sales.orders".into()));
+    assert_eq!(job.write.max_changes, Some(MaxChanges::Percent(10.0)));
+    assert_eq!(
+        (job.write.batch_size, job.write.persistent_after),
+        (1000, 3)
+    );
+    assert!(
+        job.diff_query
+            .unwrap()
+            .ends_with("fixtures/queries/my_diff.sql")
+    );
+    assert!(job.state_url.ends_with(".recon/state.db"));
+}
