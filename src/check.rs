@@ -1,5 +1,5 @@
-//! `recon check`: validate the job, reach both sides, and check the mapping against what they
-//! hold — without writing anything. Every problem is collected so one run lists them all. Database
+//! `recon check`: validate the job, reach both sides and the state store, and check the mapping
+//! against what the sides hold — without writing anything. Every problem is collected so one run lists them all. Database
 //! sides are sampled (the first rows), so checking a large table is quick.
 
 use crate::config::Job;
@@ -37,6 +37,10 @@ pub async fn check(job: &Job, progress: &Progress) -> CheckReport {
             Ok(()) => report.reached.push(describe(&ctx, job, side).await),
             Err(e) => report.problems.push(e),
         }
+    }
+    match crate::state::probe(job).await {
+        Ok(line) => report.reached.push(line),
+        Err(e) => report.problems.push(e),
     }
     if let Some(path) = &job.diff_query
         && !path.is_file()

@@ -139,7 +139,7 @@ async fn check(job: &Job, progress: &Progress) -> recon::Result<u8> {
         text.push_str(&format!("reached {line}\n"));
     }
     if found.ok() {
-        text.push_str("ok: both sides are readable and every mapped column exists and compares\n");
+        text.push_str("ok: both sides and the state store are reachable, and every mapped column exists and compares\n");
         report::emit(&text, None)?;
         return Ok(0);
     }

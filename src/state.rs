@@ -403,6 +403,58 @@ async fn open_postgres(url: &str, shown: &Path) -> Result<PgConnection> {
     Ok(conn)
 }
 
+/// Check that the job's state store can be reached, writing nothing; returns a line describing it.
+pub async fn probe(job: &Job) -> Result<String> {
+    match state_location(job) {
+        StateLocation::Postgres(url) => {
+            let shown = PathBuf::from(crate::config::redact(&url));
+            let options: PgConnectOptions = url.parse().map_err(store_error(&shown))?;
+            let mut conn = options.connect().await.map_err(store_error(&shown))?;
+            sqlx::query("SELECT 1")
+                .execute(&mut conn)
+                .await
+                .map_err(store_error(&shown))?;
+            Ok(format!("state store: {} (schema recon)", shown.display()))
+        }
+        StateLocation::Sqlite(path) if path.exists() => {
+            let mut conn = SqliteConnectOptions::new()
+                .filename(&path)
+                .read_only(true)
+                .connect()
+                .await
+                .map_err(store_error(&path))?;
+            sqlx::query("SELECT count(*) FROM sqlite_master")
+                .execute(&mut conn)
+                .await
+                .map_err(store_error(&path))?;
+            Ok(format!("state store: {}", path.display()))
+        }
+        StateLocation::Sqlite(path) => {
+            let mut folder = path.parent().map(Path::to_path_buf);
+            while let Some(dir) = folder.clone().filter(|d| !d.exists()) {
+                folder = dir.parent().map(Path::to_path_buf);
+            }
+            let writable = folder
+                .as_ref()
+                .and_then(|d| std::fs::metadata(d).ok())
+                .is_some_and(|m| m.is_dir() && !m.permissions().readonly());
+            if !writable {
+                return Err(Error::Io {
+                    path: path.clone(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        "the state store's folder cannot be created or written",
+                    ),
+                });
+            }
+            Ok(format!(
+                "state store: {} (created by the first apply)",
+                path.display()
+            ))
+        }
+    }
+}
+
 /// Create the file with mode 0600 if it does not exist, so secrets in state stay private.
 fn create_private(path: &Path) -> Result<()> {
     let mut options = OpenOptions::new();

@@ -164,7 +164,18 @@ fn check_reports_every_problem_and_writes_nothing() {
 
     let (code, out, err) = recon(&["check", &orders_job()], &fixture("orders"));
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("ok: both sides are readable"), "{out}");
+    assert!(
+        out.contains("ok: both sides and the state store are reachable"),
+        "{out}"
+    );
+    assert!(
+        out.contains("reached state store: ") && out.contains("created by the first apply"),
+        "{out}"
+    );
+    assert!(
+        !fixture("orders").join(".recon").exists(),
+        "check writes nothing"
+    );
 }
 
 #[test]
