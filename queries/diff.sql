@@ -1,7 +1,7 @@
 -- diff.sql: the generated comparison (a FULL OUTER JOIN on the mapped key).
 --
 -- Inputs, registered by recon (src/diff.rs) from the two snapshots:
---   s  the source:      k0..kN (key), v0..vM (compared columns, cast),
+--   s  the source:      k0..kN (key), cur (the cursor, incremental mode only), v0..vM (compared columns, cast),
 --                      o0..oM (the same columns as the side holds them), __present (always true)
 --   d  the destination: k0..kN, v0..vM, o0..oM, id (the destination's record id, or NULL), __present
 -- Both sides are already cast to one common type per column pair (src/types.rs).
@@ -10,6 +10,9 @@
 --   action  'insert' (only in source), 'update' (in both, some column differs), 'delete' (only in destination)
 --   k0..kN  the key;  id  the destination's id
 --   s_v0.., d_v0..  the source and destination values as each side holds them;  c0..  true where that column differs
+--
+-- In incremental mode the source is a window (rows from the watermark on): the join is a LEFT
+-- JOIN, so destination rows outside the window are not deletes, and `cur` carries the cursor.
 --
 -- Rows come inserts first, then updates, then deletes, each by key, so listings are stable.
 -- Every comparison is parenthesised: DataFusion's parser binds IS DISTINCT FROM looser than OR.
@@ -20,11 +23,12 @@ SELECT
         ELSE 'update'
     END AS action,
     {{keys}},
-    d.id AS id,
     {{values}}
     {{changed}}
+    {{cursor}}
+    d.id AS id
 FROM s
-FULL OUTER JOIN d ON {{key_join}}
+{{join}} JOIN d ON {{key_join}}
 WHERE s.__present IS NULL
    OR d.__present IS NULL
    OR {{any_changed}}

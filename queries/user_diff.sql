@@ -10,9 +10,10 @@
 SELECT
     lower(u.action) AS action,
     {{keys}},
-    d.id AS id,
     {{values}}
     {{changed}}
+    {{cursor}}
+    d.id AS id
 FROM u
-LEFT JOIN d ON {{key_join}}
+{{join}} JOIN d ON {{key_join}}
 ORDER BY action, {{order_keys}}

@@ -9,6 +9,7 @@ use crate::config::{Job, MaxChanges};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::state::{FailedRow, Lock, Run, State, now};
+use crate::watermark;
 use crate::writeback::{self, Applied, pause_point};
 
 /// Flags that change this run's guards.
@@ -41,7 +42,9 @@ pub async fn apply(job: &Job, options: &ApplyOptions, progress: &Progress) -> Re
     let mut state = State::open(job).await?;
     state.lock_shared().await?;
     let started_at = now();
-    let changeset = crate::plan_with_cells(job, progress).await?;
+    let saved = state.get().await?;
+    let window = crate::window(job, saved.as_ref())?;
+    let changeset = crate::diff_snapshots(job, None, true, window.as_ref(), progress).await?;
     let mut run = Run {
         command: "apply".into(),
         started_at,
@@ -92,7 +95,15 @@ pub async fn apply(job: &Job, options: &ApplyOptions, progress: &Progress) -> Re
     run.failed = failed.len() as i64;
     run.outcome = if failed.is_empty() { "ok" } else { "partial" }.into();
     run.finished_at = now();
-    let run_id = state.record(&run, &failed).await?;
+    let new_state = advance(saved.clone(), &changeset, &outcome.failed);
+    if let Some(new) = &new_state {
+        let old = watermark::of_state(saved.as_ref()).map_or("none".into(), |v| v.to_string());
+        let new = watermark::of_state(Some(new)).map_or("none".into(), |v| v.to_string());
+        run.message = Some(format!("watermark {old} → {new}"));
+    }
+    let run_id = state
+        .record_with_state(&run, &failed, new_state.as_ref())
+        .await?;
     Ok(ApplyReport {
         changeset,
         deletes: job.write.deletes,
@@ -101,6 +112,27 @@ pub async fn apply(job: &Job, options: &ApplyOptions, progress: &Progress) -> Re
         run_id,
         persistent_after: job.write.persistent_after,
     })
+}
+
+/// The state with the watermark moved to the highest cursor value below which every row of the
+/// window was written or found unchanged: the window's maximum when nothing failed, else the
+/// lowest cursor among the refused rows (so they are read again). `None` leaves the state as is.
+fn advance(
+    saved: Option<serde_json::Value>,
+    changeset: &Changeset,
+    failed: &[writeback::Failure],
+) -> Option<serde_json::Value> {
+    let candidate = if failed.is_empty() {
+        changeset.cursor_max.clone()?
+    } else {
+        let cursors: Option<Vec<_>> = failed.iter().map(|f| f.cursor.clone()).collect();
+        cursors?.into_iter().min_by(watermark::compare)?
+    };
+    let value = watermark::to_json(&candidate)?;
+    if watermark::of_state(saved.as_ref()) == Some(&value) {
+        return None;
+    }
+    Some(watermark::into_state(saved, value))
 }
 
 /// Refuse before any write when more rows would change than allowed, or when an empty source

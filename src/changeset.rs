@@ -75,6 +75,8 @@ pub struct Change {
 pub struct Cells {
     pub key: Vec<Cell>,
     pub source: Vec<Cell>,
+    /// Incremental mode: the source row's cursor value.
+    pub cursor: Option<Cell>,
 }
 
 /// One typed value, converted from Arrow; what a database driver binds.
@@ -105,6 +107,8 @@ pub struct Changeset {
     pub summary: Summary,
     /// The listed changes: all of them, or the first `--limit`.
     pub changes: Vec<Change>,
+    /// Incremental mode: the highest cursor value in the source window.
+    pub cursor_max: Option<Cell>,
 }
 
 impl Changeset {

@@ -29,8 +29,8 @@ pub async fn check(job: &Job, progress: &Progress) -> CheckReport {
     let ctx = diff::session();
     let mut report = CheckReport::default();
     let (source, destination) = tokio::join!(
-        connect::register(&ctx, &job.source, Some(SAMPLE_ROWS), progress),
-        connect::register(&ctx, &job.destination, Some(SAMPLE_ROWS), progress),
+        connect::register(&ctx, &job.source, Some(SAMPLE_ROWS), progress, None),
+        connect::register(&ctx, &job.destination, Some(SAMPLE_ROWS), progress, None),
     );
     for (side, result) in Side::BOTH.into_iter().zip([source, destination]) {
         match result {

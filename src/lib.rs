@@ -33,6 +33,7 @@ pub mod snapshot;
 pub mod sql;
 pub mod state;
 pub mod types;
+pub mod watermark;
 pub mod writeback;
 
 pub use apply::{ApplyOptions, ApplyReport, apply};
@@ -43,16 +44,41 @@ pub use progress::Progress;
 pub use state::State;
 
 /// Compute the job's changeset without writing anything: read both snapshots, check keys, diff.
-/// `limit` caps the listed changes (counts are always complete); `None` lists all.
+/// `limit` caps the listed changes (counts are always complete); `None` lists all. In incremental
+/// mode the source is read from the saved watermark (the state store is only read).
 pub async fn plan(job: &Job, limit: Option<usize>, progress: &Progress) -> Result<Changeset> {
-    let ctx = diff::session();
-    connect::register_both(&ctx, job, None, progress).await?;
-    diff::changeset(&ctx, job, limit).await
+    let state = match job.source.cursor {
+        Some(_) => State::peek(job).await?,
+        None => None,
+    };
+    let window = window(job, state.as_ref())?;
+    diff_snapshots(job, limit, false, window.as_ref(), progress).await
 }
 
-/// The full changeset with typed cells for every change, as `apply` writes it.
-pub async fn plan_with_cells(job: &Job, progress: &Progress) -> Result<Changeset> {
+/// The source window for a job in incremental mode, from its state value.
+pub fn window(job: &Job, state: Option<&serde_json::Value>) -> Result<Option<watermark::Window>> {
+    let Some(cursor) = &job.source.cursor else {
+        return Ok(None);
+    };
+    let Some(mark) = watermark::of_state(state) else {
+        return Ok(None);
+    };
+    Ok(Some(watermark::Window {
+        column: cursor.column.clone(),
+        lower: watermark::lower_bound(mark, cursor.lag)?,
+    }))
+}
+
+/// Read both snapshots (the source within `window`) and diff them; with `cells`, every listed
+/// change carries typed values for writeback.
+pub async fn diff_snapshots(
+    job: &Job,
+    limit: Option<usize>,
+    cells: bool,
+    window: Option<&watermark::Window>,
+    progress: &Progress,
+) -> Result<Changeset> {
     let ctx = diff::session();
-    connect::register_both(&ctx, job, None, progress).await?;
-    diff::changeset_with(&ctx, job, None, true).await
+    connect::register_both(&ctx, job, None, progress, window).await?;
+    diff::changeset_with(&ctx, job, limit, cells).await
 }

@@ -150,6 +150,16 @@ impl State {
         })
     }
 
+    /// The job's state value without creating a state store that does not exist yet.
+    pub async fn peek(job: &Job) -> Result<Option<Value>> {
+        if let StateLocation::Sqlite(path) = state_location(job)
+            && !path.exists()
+        {
+            return Ok(None);
+        }
+        State::open(job).await?.get().await
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -225,7 +235,19 @@ impl State {
     /// Record a finished run and the rows that failed in it (replacing the previous run's), in one
     /// transaction. `failed[i].runs` must already count earlier consecutive failures.
     pub async fn record(&mut self, run: &Run, failed: &[FailedRow]) -> Result<i64> {
+        self.record_with_state(run, failed, None).await
+    }
+
+    /// As [`State::record`], also replacing the job's state value (the watermark) in the same
+    /// transaction.
+    pub async fn record_with_state(
+        &mut self,
+        run: &Run,
+        failed: &[FailedRow],
+        state: Option<&Value>,
+    ) -> Result<i64> {
         let job = self.job.clone();
+        let (state, now) = (state.map(Value::to_string), now());
         on_store!(&mut self.store, conn => {
             async {
                 let mut tx = conn.begin().await?;
@@ -263,6 +285,17 @@ impl State {
                         .bind(row.runs)
                         .execute(&mut *tx)
                         .await?;
+                }
+                if let Some(value) = &state {
+                    sqlx::query(
+                        "INSERT INTO state (job, value, updated_at) VALUES ($1, $2, $3)
+                         ON CONFLICT (job) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                    )
+                    .bind(&job)
+                    .bind(value)
+                    .bind(&now)
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 tx.commit().await?;
                 Ok(id)

@@ -7,6 +7,7 @@ mod apply;
 mod cli;
 mod config;
 mod files;
+mod incremental;
 mod mariadb;
 mod postgres;
 mod properties;

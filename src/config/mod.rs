@@ -44,6 +44,25 @@ pub struct Endpoint {
     pub relation: Relation,
     /// The destination's own record id column, carried to writeback and output.
     pub id: Option<String>,
+    /// `cursor`/`lag` (source only): incremental mode.
+    pub cursor: Option<Cursor>,
+}
+
+/// Incremental mode: read the source from `column >= watermark - lag`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub column: String,
+    pub lag: Lag,
+}
+
+/// How far below the watermark each run re-reads, for rows committed late.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lag {
+    None,
+    /// A duration, for timestamp and date cursors.
+    Micros(i64),
+    /// A number, for integer cursors.
+    Number(i64),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

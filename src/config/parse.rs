@@ -8,7 +8,8 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::{
-    ColumnPair, Endpoint, FileFormat, Job, Location, MaxChanges, Relation, WriteOptions, folder_of,
+    ColumnPair, Cursor, Endpoint, FileFormat, Job, Lag, Location, MaxChanges, Relation,
+    WriteOptions, folder_of,
 };
 use crate::error::{Problem, Side};
 
@@ -181,14 +182,7 @@ impl Walker<'_> {
         let tab = self.string(table, "table", &prefix);
         let query = self.string(table, "query", &prefix);
         let id = self.string(table, "id", &prefix).map(|(v, _)| v);
-        for key in ["cursor", "lag"] {
-            if let Some(v) = table.get(key) {
-                self.problem(
-                    v.span().start,
-                    format!("`{prefix}{key}` (incremental mode) is not available in this version of recon; remove it to run a full diff"),
-                );
-            }
-        }
+        let cursor = self.cursor(table, side, &prefix);
         let Some((url, at)) = url else {
             if table.get("url").is_none() {
                 self.problem(header, format!("`[{name}]` needs a `url`"));
@@ -202,7 +196,40 @@ impl Walker<'_> {
             location,
             relation,
             id,
+            cursor,
         })
+    }
+
+    /// `cursor` and `lag`: incremental mode, source only.
+    fn cursor(&mut self, table: &Table, side: Side, prefix: &str) -> Option<Cursor> {
+        let column = self.string(table, "cursor", prefix);
+        let lag = table.get("lag");
+        if side == Side::Destination {
+            for v in [table.get("cursor"), lag].into_iter().flatten() {
+                self.problem(v.span().start, format!("`{prefix}cursor`/`lag` belong under [source]: incremental mode reads the source from its watermark"));
+            }
+            return None;
+        }
+        let (column, _) = match column {
+            Some(c) => c,
+            None => {
+                if let Some(v) = lag.filter(|_| table.get("cursor").is_none()) {
+                    self.problem(v.span().start, format!("`{prefix}lag` needs a `cursor`"));
+                }
+                return None;
+            }
+        };
+        let lag = match lag {
+            None => Lag::None,
+            Some(v) => match parse_lag(v) {
+                Some(lag) => lag,
+                None => {
+                    self.problem(v.span().start, format!("`{prefix}lag` must be a duration like \"10m\" (s, m, h, d) or, for an integer cursor, a whole number"));
+                    return None;
+                }
+            },
+        };
+        Some(Cursor { column, lag })
     }
 
     fn location(&mut self, url: &str, at: usize, prefix: &str) -> Option<Location> {
@@ -367,6 +394,30 @@ impl Walker<'_> {
         self.unknown_keys(table, STATE_KEYS, "state.");
         self.string(table, "url", "state.")
             .map_or_else(default, |(v, _)| v)
+    }
+}
+
+fn parse_lag(v: &Value) -> Option<Lag> {
+    match v.get_ref() {
+        DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+            .ok()
+            .filter(|n| *n >= 0)
+            .map(Lag::Number),
+        DeValue::String(s) => {
+            let s = s.trim();
+            let split = s.find(|c: char| !c.is_ascii_digit())?;
+            let (n, unit) = s.split_at(split);
+            let n: i64 = n.parse().ok()?;
+            let seconds = match unit.trim() {
+                "s" => 1,
+                "m" => 60,
+                "h" => 3600,
+                "d" => 86_400,
+                _ => return None,
+            };
+            Some(Lag::Micros(n.checked_mul(seconds)?.checked_mul(1_000_000)?))
+        }
+        _ => None,
     }
 }
 

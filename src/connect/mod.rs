@@ -19,21 +19,24 @@ use crate::config::{Endpoint, FileFormat, Job, Location};
 use crate::error::{Error, Result, Side};
 use crate::progress::Progress;
 use crate::snapshot::Snapshot;
+use crate::watermark::{Bound, Window};
 
 /// Rows used to infer a CSV/JSON file's column types (the whole file, up to this many rows).
 const INFER_ROWS: usize = 1_000_000;
 
 /// Register both sides' snapshots in `ctx` as `source` and `destination`. With `limit`, only
 /// that many rows of each database side are read (used by `check` to sample).
+/// With `window`, the source is read only from `window.column >= window.lower`.
 pub async fn register_both(
     ctx: &SessionContext,
     job: &Job,
     limit: Option<usize>,
     progress: &Progress,
+    window: Option<&Window>,
 ) -> Result<()> {
     tokio::try_join!(
-        register(ctx, &job.source, limit, progress),
-        register(ctx, &job.destination, limit, progress),
+        register(ctx, &job.source, limit, progress, window),
+        register(ctx, &job.destination, limit, progress, None),
     )?;
     Ok(())
 }
@@ -44,13 +47,18 @@ pub async fn register(
     endpoint: &Endpoint,
     limit: Option<usize>,
     progress: &Progress,
+    window: Option<&Window>,
 ) -> Result<()> {
     let name = endpoint.side.name();
     let snapshot = match &endpoint.location {
         Location::File(path, format) => {
-            return register_file(ctx, endpoint.side, path, *format).await;
+            register_file(ctx, endpoint.side, path, *format).await?;
+            return match window {
+                Some(w) => filter_file(ctx, name, w).await,
+                None => Ok(()),
+            };
         }
-        location => read(endpoint, location, limit, progress).await?,
+        location => read(endpoint, location, limit, progress, window).await?,
     };
     let table = MemTable::try_new(snapshot.schema.clone(), vec![snapshot.batches])?;
     ctx.register_table(name, Arc::new(table))?;
@@ -62,12 +70,15 @@ async fn read(
     location: &Location,
     limit: Option<usize>,
     progress: &Progress,
+    window: Option<&Window>,
 ) -> Result<Snapshot> {
     let counter = progress.rows(endpoint.side);
     let snapshot = match location {
-        Location::Postgres(url) => postgres::snapshot(endpoint, url, limit, &counter).await?,
-        Location::Mysql(url) => mysql::snapshot(endpoint, url, limit, &counter).await?,
-        Location::Sqlite(path) => sqlite::snapshot(endpoint, path, limit, &counter).await?,
+        Location::Postgres(url) => {
+            postgres::snapshot(endpoint, url, limit, &counter, window).await?
+        }
+        Location::Mysql(url) => mysql::snapshot(endpoint, url, limit, &counter, window).await?,
+        Location::Sqlite(path) => sqlite::snapshot(endpoint, path, limit, &counter, window).await?,
         Location::File(..) => return Err(Error::Internal("files are registered, not read".into())),
     };
     counter.done();
@@ -123,4 +134,29 @@ async fn register_file(
                 .map_err(read)
         }
     }
+}
+
+/// Narrow a registered file to the window: `column >= lower`, the bound a typed literal.
+async fn filter_file(ctx: &SessionContext, name: &str, window: &Window) -> Result<()> {
+    use datafusion::prelude::{ident, lit};
+    use datafusion::scalar::ScalarValue;
+    let bound = match &window.lower {
+        Bound::Int(n) => ScalarValue::Int64(Some(*n)),
+        Bound::Timestamp(t) => {
+            ScalarValue::TimestampMicrosecond(Some(t.and_utc().timestamp_micros()), None)
+        }
+        Bound::TimestampTz(t) => {
+            ScalarValue::TimestampMicrosecond(Some(t.timestamp_micros()), Some("UTC".into()))
+        }
+        Bound::Date(d) => {
+            ScalarValue::Date32(Some((*d - chrono::NaiveDate::default()).num_days() as i32))
+        }
+    };
+    let filtered = ctx
+        .table(name)
+        .await?
+        .filter(ident(&window.column).gt_eq(lit(bound)))?;
+    ctx.deregister_table(name)?;
+    ctx.register_table(name, filtered.into_view())?;
+    Ok(())
 }

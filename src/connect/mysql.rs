@@ -14,7 +14,8 @@ use crate::config::Endpoint;
 use crate::error::{Error, Result, read_error};
 use crate::progress::RowCounter;
 use crate::snapshot::{BATCH_ROWS, ColumnBuilder, Snapshot, batch};
-use crate::sql::{Dialect, relation_select};
+use crate::sql::{Dialect, quote_in, relation_select};
+use crate::watermark::{Bound, Window};
 use datafusion::arrow::array::*;
 
 #[derive(Debug, Clone, Copy)]
@@ -78,6 +79,7 @@ pub async fn snapshot(
     url: &str,
     limit: Option<usize>,
     counter: &RowCounter,
+    window: Option<&Window>,
 ) -> Result<Snapshot> {
     let side = endpoint.side;
     let connect_error = |source| Error::Connect {
@@ -88,6 +90,12 @@ pub async fn snapshot(
     let options: MySqlConnectOptions = url.parse().map_err(connect_error)?;
     let mut conn: MySqlConnection = options.connect().await.map_err(connect_error)?;
     let mut select = relation_select(Dialect::Mysql, &endpoint.relation);
+    if let Some(w) = window {
+        select = format!(
+            "SELECT * FROM ({select}) AS w WHERE w.{} >= ?",
+            quote_in(Dialect::Mysql, &w.column)
+        );
+    }
     if let Some(n) = limit {
         select = format!("SELECT * FROM ({select}) AS q LIMIT {n}");
     }
@@ -107,7 +115,16 @@ pub async fn snapshot(
             read_error(side, format!("column `{}` has type {name}, which recon does not read; select `CAST({} AS CHAR)` in a `query`", c.name(), c.name()), "unsupported type")
         })?);
     }
-    let mut rows = sqlx::query(AssertSqlSafe(select.clone())).fetch(&mut conn);
+    let mut query = sqlx::query(AssertSqlSafe(select.clone()));
+    if let Some(w) = window {
+        query = match &w.lower {
+            Bound::Int(n) => query.bind(*n),
+            Bound::Timestamp(t) => query.bind(*t),
+            Bound::TimestampTz(t) => query.bind(*t),
+            Bound::Date(d) => query.bind(*d),
+        };
+    }
+    let mut rows = query.fetch(&mut conn);
     let mut batches = Vec::new();
     let mut chunk = Vec::with_capacity(BATCH_ROWS);
     let read = |e| read_error(side, format!("reading `{select}`"), e);

@@ -13,6 +13,22 @@ use crate::error::{Error, Result, read_error};
 use crate::progress::RowCounter;
 use crate::snapshot::Snapshot;
 use crate::sql::{Dialect, quote, relation_select};
+use crate::watermark::{Bound, Window};
+
+/// The bound's text and the SQL type it is read back as.
+fn pg_bound(bound: &Bound) -> (String, &'static str) {
+    let sql_type = match bound {
+        Bound::Int(_) => "bigint",
+        Bound::Timestamp(_) => "timestamp",
+        Bound::TimestampTz(_) => "timestamptz",
+        Bound::Date(_) => "date",
+    };
+    let text = match bound {
+        Bound::TimestampTz(_) => format!("{}+00", bound.text()),
+        _ => bound.text(),
+    };
+    (text, sql_type)
+}
 
 pub async fn connect(endpoint: &Endpoint, url: &str) -> Result<PgConnection> {
     let connect_error = |source| Error::Connect {
@@ -34,9 +50,30 @@ pub async fn snapshot(
     url: &str,
     limit: Option<usize>,
     counter: &RowCounter,
+    window: Option<&Window>,
 ) -> Result<Snapshot> {
     let side = endpoint.side;
     let mut conn = connect(endpoint, url).await?;
+    // COPY takes no parameters: the window's bound is bound into a session setting instead.
+    let filter = match window {
+        Some(w) => {
+            let (text, sql_type) = pg_bound(&w.lower);
+            sqlx::query("SET TimeZone = 'UTC'")
+                .execute(&mut conn)
+                .await
+                .map_err(|e| read_error(side, "setting the session time zone", e))?;
+            sqlx::query("SELECT set_config('recon.lower', $1, false)")
+                .bind(text)
+                .execute(&mut conn)
+                .await
+                .map_err(|e| read_error(side, "binding the watermark", e))?;
+            format!(
+                " WHERE q.{} >= current_setting('recon.lower')::{sql_type}",
+                quote(&w.column)
+            )
+        }
+        None => String::new(),
+    };
     let select = relation_select(Dialect::Standard, &endpoint.relation);
     let described = (&mut conn)
         .prepare(AssertSqlSafe(select.clone()).into_sql_str())
@@ -57,7 +94,7 @@ pub async fn snapshot(
     }
     let limit = limit.map_or(String::new(), |n| format!(" LIMIT {n}"));
     let copy = format!(
-        "COPY (SELECT {} FROM ({select}) AS q{limit}) TO STDOUT (FORMAT binary)",
+        "COPY (SELECT {} FROM ({select}) AS q{filter}{limit}) TO STDOUT (FORMAT binary)",
         projection.join(", ")
     );
     let mut decoder = Decoder::new(names, kinds);

@@ -14,7 +14,8 @@ use crate::config::Endpoint;
 use crate::error::{Error, Result, read_error};
 use crate::progress::RowCounter;
 use crate::snapshot::{BATCH_ROWS, ColumnBuilder, Snapshot, batch};
-use crate::sql::{Dialect, relation_select};
+use crate::sql::{Dialect, quote, relation_select};
+use crate::watermark::{Bound, Window};
 use datafusion::arrow::array::*;
 
 /// The storage classes seen in one column of one batch.
@@ -53,10 +54,14 @@ pub async fn snapshot(
     path: &std::path::Path,
     limit: Option<usize>,
     counter: &RowCounter,
+    window: Option<&Window>,
 ) -> Result<Snapshot> {
     let side = endpoint.side;
     let mut conn = open(endpoint, path).await?;
     let mut select = relation_select(Dialect::Standard, &endpoint.relation);
+    if let Some(w) = window {
+        select = format!("SELECT * FROM ({select}) WHERE {} >= ?", quote(&w.column));
+    }
     if let Some(n) = limit {
         select = format!("SELECT * FROM ({select}) LIMIT {n}");
     }
@@ -74,7 +79,16 @@ pub async fn snapshot(
         .iter()
         .map(|c| c.type_info().name().to_ascii_uppercase())
         .collect();
-    let mut rows = sqlx::query(AssertSqlSafe(select.clone())).fetch(&mut conn);
+    let mut query = sqlx::query(AssertSqlSafe(select.clone()));
+    if let Some(w) = window {
+        // Text timestamps compare as text: the bound is written space-separated with no trailing
+        // zeros, so it is never above a stored value it equals (over-reading is harmless).
+        query = match &w.lower {
+            Bound::Int(n) => query.bind(*n),
+            other => query.bind(other.text()),
+        };
+    }
+    let mut rows = query.fetch(&mut conn);
     let mut batches = Vec::new();
     let mut chunk = Vec::with_capacity(BATCH_ROWS);
     let read = |e| read_error(side, format!("reading `{select}`"), e);

@@ -84,6 +84,18 @@ pub async fn changeset_with(
     while let Some(batch) = stream.next().await {
         collector.add(&batch?)?;
     }
+    let cursor_max = match &resolved.cursor {
+        Some(_) => {
+            let max = sql(ctx, "SELECT max(cur) AS m FROM s")
+                .await?
+                .collect()
+                .await?;
+            max.first()
+                .filter(|b| b.num_rows() > 0)
+                .map(|b| rows::cell(b.column(0), 0))
+        }
+        None => None,
+    };
     let mut summary = collector.summary;
     summary.source_rows = ctx.table("s").await?.count().await? as u64;
     summary.destination_rows = ctx.table("d").await?.count().await? as u64;
@@ -96,6 +108,7 @@ pub async fn changeset_with(
         compared_columns: resolved.compared_names(),
         summary,
         changes: collector.changes,
+        cursor_max,
     })
 }
 
@@ -130,6 +143,9 @@ async fn register_view(ctx: &SessionContext, side: Side, resolved: &Resolved) ->
     // The compared values as the side holds them, for display (`o0…`).
     for (i, m) in resolved.compared.iter().enumerate() {
         exprs.push(ident(pick(m).0).alias(format!("o{i}")));
+    }
+    if let (Side::Source, Some(cursor)) = (side, &resolved.cursor) {
+        exprs.push(ident(cursor).alias("cur"));
     }
     if side == Side::Destination {
         exprs.push(match &resolved.id {
@@ -248,6 +264,12 @@ fn render_diff(template: &str, resolved: &Resolved, left: &str) -> String {
         ),
         _ => list(n, |i| format!("{left}.k{i} AS k{i}"), ",\n    "),
     };
+    // Incremental mode reads a window of the source: a destination row outside it is not a delete.
+    let (join, cursor) = match (&resolved.cursor, left) {
+        (Some(_), "s") => ("LEFT", "s.cur AS cur,"),
+        (None, "s") => ("FULL OUTER", "NULL AS cur,"),
+        _ => ("LEFT", "NULL AS cur,"),
+    };
     let any_changed = if m == 0 {
         "FALSE".to_string()
     } else {
@@ -255,6 +277,8 @@ fn render_diff(template: &str, resolved: &Resolved, left: &str) -> String {
     };
     template
         .replace("{{keys}}", &keys)
+        .replace("{{join}}", join)
+        .replace("{{cursor}}", cursor)
         .replace(
             "{{values}}",
             &list(

@@ -25,6 +25,8 @@ pub struct Resolved {
     pub compared: Vec<Mapped>,
     /// The destination id column and its type.
     pub id: Option<(String, DataType)>,
+    /// Incremental mode: the source's cursor column.
+    pub cursor: Option<String>,
 }
 
 impl Resolved {
@@ -52,8 +54,16 @@ pub fn resolve(job: &Job, source: &Schema, destination: &Schema) -> Result<Resol
         None => same_named(job, source, destination),
     };
     let compared = map_all(&pairs, source, destination, &mut problems);
+    let cursor = job.source.cursor.as_ref().and_then(|c| {
+        lookup(Side::Source, source, &c.column, &mut problems).map(|_| c.column.clone())
+    });
     if problems.is_empty() {
-        Ok(Resolved { keys, compared, id })
+        Ok(Resolved {
+            keys,
+            compared,
+            id,
+            cursor,
+        })
     } else {
         Err(problems)
     }

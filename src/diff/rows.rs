@@ -93,6 +93,10 @@ impl Collector {
         Ok(Cells {
             key: cells("k", self.keys)?,
             source: cells("s_v", self.compared)?,
+            cursor: batch
+                .column_by_name("cur")
+                .map(|c| cell(c, row))
+                .filter(|c| *c != Cell::Null),
         })
     }
 }

@@ -35,6 +35,8 @@ pub struct Failure {
     pub action: Action,
     pub key: Map<String, Value>,
     pub error: String,
+    /// Incremental mode: the refused row's cursor value (it holds the watermark back).
+    pub cursor: Option<crate::changeset::Cell>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -295,6 +297,7 @@ async fn isolate(
                 action: op.action,
                 key: changeset.key_object(rows[0]),
                 error,
+                cursor: rows[0].cells.cursor.clone(),
             }),
             Err(WriteError::Rejected(_)) => {
                 let (a, b) = rows.split_at(rows.len() / 2);
