@@ -43,8 +43,8 @@ pub async fn apply(job: &Job, options: &ApplyOptions, progress: &Progress) -> Re
     state.lock_shared().await?;
     let started_at = now();
     let saved = state.get().await?;
-    let window = crate::window(job, saved.as_ref())?;
-    let changeset = crate::diff_snapshots(job, None, true, window.as_ref(), progress).await?;
+    let read = crate::source_read(job, saved.clone())?;
+    let changeset = crate::diff_snapshots(job, None, true, &read, progress).await?;
     let mut run = Run {
         command: "apply".into(),
         started_at,

@@ -47,38 +47,38 @@ pub use state::State;
 /// `limit` caps the listed changes (counts are always complete); `None` lists all. In incremental
 /// mode the source is read from the saved watermark (the state store is only read).
 pub async fn plan(job: &Job, limit: Option<usize>, progress: &Progress) -> Result<Changeset> {
-    let state = match job.source.cursor {
-        Some(_) => State::peek(job).await?,
-        None => None,
+    let uses_state = matches!(&job.source.relation, config::Relation::Query(q) if q.contains("$watermark") || q.contains("$state."));
+    let state = match job.source.cursor.is_some() || uses_state {
+        true => State::peek(job).await?,
+        false => None,
     };
-    let window = window(job, state.as_ref())?;
-    diff_snapshots(job, limit, false, window.as_ref(), progress).await
+    let read = source_read(job, state)?;
+    diff_snapshots(job, limit, false, &read, progress).await
 }
 
-/// The source window for a job in incremental mode, from its state value.
-pub fn window(job: &Job, state: Option<&serde_json::Value>) -> Result<Option<watermark::Window>> {
-    let Some(cursor) = &job.source.cursor else {
-        return Ok(None);
+/// How a job reads its source given its saved state: the window in incremental mode, and the
+/// state for `$watermark`/`$state.<field>` in a source `query`.
+pub fn source_read(job: &Job, state: Option<serde_json::Value>) -> Result<watermark::SourceRead> {
+    let window = match (&job.source.cursor, watermark::of_state(state.as_ref())) {
+        (Some(cursor), Some(mark)) => Some(watermark::Window {
+            column: cursor.column.clone(),
+            lower: watermark::lower_bound(mark, cursor.lag)?,
+        }),
+        _ => None,
     };
-    let Some(mark) = watermark::of_state(state) else {
-        return Ok(None);
-    };
-    Ok(Some(watermark::Window {
-        column: cursor.column.clone(),
-        lower: watermark::lower_bound(mark, cursor.lag)?,
-    }))
+    Ok(watermark::SourceRead { window, state })
 }
 
-/// Read both snapshots (the source within `window`) and diff them; with `cells`, every listed
+/// Read both snapshots (the source as `read` says) and diff them; with `cells`, every listed
 /// change carries typed values for writeback.
 pub async fn diff_snapshots(
     job: &Job,
     limit: Option<usize>,
     cells: bool,
-    window: Option<&watermark::Window>,
+    read: &watermark::SourceRead,
     progress: &Progress,
 ) -> Result<Changeset> {
     let ctx = diff::session();
-    connect::register_both(&ctx, job, None, progress, window).await?;
+    connect::register_both(&ctx, job, None, progress, Some(read)).await?;
     diff::changeset_with(&ctx, job, limit, cells).await
 }

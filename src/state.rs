@@ -184,6 +184,40 @@ impl State {
         .transpose()
     }
 
+    /// The job's state value as a serde type, for Rust programs keeping their own place:
+    ///
+    /// ```no_run
+    /// # async fn sync(job: &recon::Job) -> recon::Result<()> {
+    /// #[derive(serde::Serialize, serde::Deserialize, Default)]
+    /// struct Place { page: u32, cursor: Option<String> }
+    ///
+    /// let mut state = recon::State::open(job).await?;
+    /// let mut place: Place = state.get_as().await?.unwrap_or_default();
+    /// place.page += 1;
+    /// state.set_as(&place).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_as<T: serde::de::DeserializeOwned>(&mut self) -> Result<Option<T>> {
+        let Some(value) = self.get().await? else {
+            return Ok(None);
+        };
+        serde_json::from_value(value)
+            .map(Some)
+            .map_err(|e| Error::State {
+                path: self.path.clone(),
+                source: Box::new(e),
+            })
+    }
+
+    /// Store a serde value as the job's state (recorded in run history).
+    pub async fn set_as<T: Serialize>(&mut self, value: &T) -> Result<()> {
+        let value = serde_json::to_value(value).map_err(|e| Error::State {
+            path: self.path.clone(),
+            source: Box::new(e),
+        })?;
+        self.set(Some(&value), "library set").await
+    }
+
     /// Replace the job's state value (`None` removes it), recording the change as a run.
     pub async fn set(&mut self, value: Option<&Value>, command: &str) -> Result<()> {
         let (job, now) = (self.job.clone(), now());

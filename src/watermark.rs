@@ -34,6 +34,80 @@ pub struct Window {
     pub lower: Bound,
 }
 
+/// How this run reads the source: its window (incremental mode) and the saved state that a
+/// source `query` may refer to as `$watermark` and `$state.<field>`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SourceRead {
+    pub window: Option<Window>,
+    pub state: Option<Value>,
+}
+
+/// The parameter style of a dialect, for [`bind_state`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamStyle {
+    /// PostgreSQL under COPY (which takes no parameters): `NULLIF(current_setting('recon.pN'), '')`,
+    /// each set beforehand with a bound `set_config`.
+    Setting,
+    /// SQLite: `?N`.
+    Numbered,
+    /// MySQL: `?`, bound in order.
+    Positional,
+}
+
+/// Replace `$watermark` and `$state.<field>` in a user's query with parameters; returns the
+/// rewritten query and the values to bind, in order (`Null` when the state has no such value).
+/// Only these placeholders are rewritten; the values themselves never enter the SQL text.
+pub fn bind_state(query: &str, state: Option<&Value>, style: ParamStyle) -> (String, Vec<Value>) {
+    let mut out = String::with_capacity(query.len());
+    let mut values = Vec::new();
+    let mut rest = query;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at + 1..];
+        let name_len = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+            .unwrap_or(tail.len());
+        let name = tail[..name_len].trim_end_matches('.');
+        let value = match name.strip_prefix("state.") {
+            _ if name == "watermark" => Some(of_state(state).cloned().unwrap_or(Value::Null)),
+            Some(field) => Some(
+                state
+                    .and_then(|s| s.get(field))
+                    .cloned()
+                    .unwrap_or(Value::Null),
+            ),
+            None => None,
+        };
+        match value {
+            Some(v) => {
+                values.push(v);
+                let n = values.len();
+                out.push_str(&match style {
+                    ParamStyle::Setting => format!("NULLIF(current_setting('recon.p{n}'), '')"),
+                    ParamStyle::Numbered => format!("?{n}"),
+                    ParamStyle::Positional => "?".to_string(),
+                });
+                rest = &tail[name.len()..];
+            }
+            None => {
+                out.push('$');
+                rest = tail;
+            }
+        }
+    }
+    out.push_str(rest);
+    (out, values)
+}
+
+/// A state value as the text PostgreSQL settings hold ('' for NULL, read back as NULL).
+pub fn setting_text(value: &Value) -> String {
+    match value {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// The watermark inside a state value.
 pub fn of_state(state: Option<&Value>) -> Option<&Value> {
     match state? {
@@ -180,6 +254,21 @@ mod tests {
             Bound::Int(95)
         );
         assert!(lower_bound(&json!("x'; DROP TABLE t; --"), Lag::None).is_err());
+    }
+
+    #[test]
+    fn state_placeholders_become_parameters() {
+        let state = json!({"watermark": "2024-01-01", "page": 3});
+        let (sql, values) = bind_state(
+            "SELECT * FROM t WHERE at >= $watermark AND p = $state.page AND x = $1",
+            Some(&state),
+            ParamStyle::Numbered,
+        );
+        assert_eq!(sql, "SELECT * FROM t WHERE at >= ?1 AND p = ?2 AND x = $1");
+        assert_eq!(values, vec![json!("2024-01-01"), json!(3)]);
+        let (sql, values) = bind_state("SELECT $state.missing", None, ParamStyle::Setting);
+        assert_eq!(sql, "SELECT NULLIF(current_setting('recon.p1'), '')");
+        assert_eq!(values, vec![Value::Null]);
     }
 
     #[test]

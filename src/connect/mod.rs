@@ -19,7 +19,7 @@ use crate::config::{Endpoint, FileFormat, Job, Location};
 use crate::error::{Error, Result, Side};
 use crate::progress::Progress;
 use crate::snapshot::Snapshot;
-use crate::watermark::{Bound, Window};
+use crate::watermark::{Bound, SourceRead};
 
 /// Rows used to infer a CSV/JSON file's column types (the whole file, up to this many rows).
 const INFER_ROWS: usize = 1_000_000;
@@ -32,10 +32,10 @@ pub async fn register_both(
     job: &Job,
     limit: Option<usize>,
     progress: &Progress,
-    window: Option<&Window>,
+    read: Option<&SourceRead>,
 ) -> Result<()> {
     tokio::try_join!(
-        register(ctx, &job.source, limit, progress, window),
+        register(ctx, &job.source, limit, progress, read),
         register(ctx, &job.destination, limit, progress, None),
     )?;
     Ok(())
@@ -47,38 +47,36 @@ pub async fn register(
     endpoint: &Endpoint,
     limit: Option<usize>,
     progress: &Progress,
-    window: Option<&Window>,
+    read: Option<&SourceRead>,
 ) -> Result<()> {
     let name = endpoint.side.name();
     let snapshot = match &endpoint.location {
         Location::File(path, format) => {
             register_file(ctx, endpoint.side, path, *format).await?;
-            return match window {
+            return match read.and_then(|r| r.window.as_ref()) {
                 Some(w) => filter_file(ctx, name, w).await,
                 None => Ok(()),
             };
         }
-        location => read(endpoint, location, limit, progress, window).await?,
+        location => read_database(endpoint, location, limit, progress, read).await?,
     };
     let table = MemTable::try_new(snapshot.schema.clone(), vec![snapshot.batches])?;
     ctx.register_table(name, Arc::new(table))?;
     Ok(())
 }
 
-async fn read(
+async fn read_database(
     endpoint: &Endpoint,
     location: &Location,
     limit: Option<usize>,
     progress: &Progress,
-    window: Option<&Window>,
+    read: Option<&SourceRead>,
 ) -> Result<Snapshot> {
     let counter = progress.rows(endpoint.side);
     let snapshot = match location {
-        Location::Postgres(url) => {
-            postgres::snapshot(endpoint, url, limit, &counter, window).await?
-        }
-        Location::Mysql(url) => mysql::snapshot(endpoint, url, limit, &counter, window).await?,
-        Location::Sqlite(path) => sqlite::snapshot(endpoint, path, limit, &counter, window).await?,
+        Location::Postgres(url) => postgres::snapshot(endpoint, url, limit, &counter, read).await?,
+        Location::Mysql(url) => mysql::snapshot(endpoint, url, limit, &counter, read).await?,
+        Location::Sqlite(path) => sqlite::snapshot(endpoint, path, limit, &counter, read).await?,
         Location::File(..) => return Err(Error::Internal("files are registered, not read".into())),
     };
     counter.done();
@@ -137,7 +135,11 @@ async fn register_file(
 }
 
 /// Narrow a registered file to the window: `column >= lower`, the bound a typed literal.
-async fn filter_file(ctx: &SessionContext, name: &str, window: &Window) -> Result<()> {
+async fn filter_file(
+    ctx: &SessionContext,
+    name: &str,
+    window: &crate::watermark::Window,
+) -> Result<()> {
     use datafusion::prelude::{ident, lit};
     use datafusion::scalar::ScalarValue;
     let bound = match &window.lower {

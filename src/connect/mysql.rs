@@ -14,8 +14,8 @@ use crate::config::Endpoint;
 use crate::error::{Error, Result, read_error};
 use crate::progress::RowCounter;
 use crate::snapshot::{BATCH_ROWS, ColumnBuilder, Snapshot, batch};
-use crate::sql::{Dialect, quote_in, relation_select};
-use crate::watermark::{Bound, Window};
+use crate::sql::{Dialect, quote_in};
+use crate::watermark::{Bound, ParamStyle, SourceRead};
 use datafusion::arrow::array::*;
 
 #[derive(Debug, Clone, Copy)]
@@ -79,7 +79,7 @@ pub async fn snapshot(
     url: &str,
     limit: Option<usize>,
     counter: &RowCounter,
-    window: Option<&Window>,
+    read: Option<&SourceRead>,
 ) -> Result<Snapshot> {
     let side = endpoint.side;
     let connect_error = |source| Error::Connect {
@@ -89,7 +89,9 @@ pub async fn snapshot(
     };
     let options: MySqlConnectOptions = url.parse().map_err(connect_error)?;
     let mut conn: MySqlConnection = options.connect().await.map_err(connect_error)?;
-    let mut select = relation_select(Dialect::Mysql, &endpoint.relation);
+    let window = read.and_then(|r| r.window.as_ref());
+    let (mut select, params) =
+        super::postgres::state_params(&endpoint.relation, read, ParamStyle::Positional);
     if let Some(w) = window {
         select = format!(
             "SELECT * FROM ({select}) AS w WHERE w.{} >= ?",
@@ -116,6 +118,16 @@ pub async fn snapshot(
         })?);
     }
     let mut query = sqlx::query(AssertSqlSafe(select.clone()));
+    for value in params {
+        query = match value {
+            serde_json::Value::Null => query.bind(None::<String>),
+            serde_json::Value::Bool(b) => query.bind(b),
+            serde_json::Value::Number(n) if n.is_i64() => query.bind(n.as_i64()),
+            serde_json::Value::Number(n) => query.bind(n.as_f64()),
+            serde_json::Value::String(s) => query.bind(s),
+            other => query.bind(other.to_string()),
+        };
+    }
     if let Some(w) = window {
         query = match &w.lower {
             Bound::Int(n) => query.bind(*n),

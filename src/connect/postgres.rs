@@ -13,7 +13,30 @@ use crate::error::{Error, Result, read_error};
 use crate::progress::RowCounter;
 use crate::snapshot::Snapshot;
 use crate::sql::{Dialect, quote, relation_select};
-use crate::watermark::{Bound, Window};
+
+/// The side's statement with `$watermark`/`$state.x` in a user query made parameters.
+pub(crate) fn state_params(
+    relation: &crate::config::Relation,
+    read: Option<&SourceRead>,
+    style: ParamStyle,
+) -> (String, Vec<serde_json::Value>) {
+    let dialect = if style == ParamStyle::Positional {
+        Dialect::Mysql
+    } else {
+        Dialect::Standard
+    };
+    let select = relation_select(dialect, relation);
+    match (relation, read) {
+        (crate::config::Relation::Query(_), Some(r)) => {
+            crate::watermark::bind_state(&select, r.state.as_ref(), style)
+        }
+        (crate::config::Relation::Query(_), None) => {
+            crate::watermark::bind_state(&select, None, style)
+        }
+        _ => (select, Vec::new()),
+    }
+}
+use crate::watermark::{Bound, ParamStyle, SourceRead, setting_text};
 
 /// The bound's text and the SQL type it is read back as.
 fn pg_bound(bound: &Bound) -> (String, &'static str) {
@@ -50,11 +73,21 @@ pub async fn snapshot(
     url: &str,
     limit: Option<usize>,
     counter: &RowCounter,
-    window: Option<&Window>,
+    read: Option<&SourceRead>,
 ) -> Result<Snapshot> {
     let side = endpoint.side;
     let mut conn = connect(endpoint, url).await?;
-    // COPY takes no parameters: the window's bound is bound into a session setting instead.
+    let window = read.and_then(|r| r.window.as_ref());
+    // COPY takes no parameters: values are bound into session settings instead.
+    let (select, params) = state_params(&endpoint.relation, read, ParamStyle::Setting);
+    for (i, value) in params.iter().enumerate() {
+        sqlx::query("SELECT set_config($1, $2, false)")
+            .bind(format!("recon.p{}", i + 1))
+            .bind(setting_text(value))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| read_error(side, "binding the saved state", e))?;
+    }
     let filter = match window {
         Some(w) => {
             let (text, sql_type) = pg_bound(&w.lower);
@@ -74,7 +107,6 @@ pub async fn snapshot(
         }
         None => String::new(),
     };
-    let select = relation_select(Dialect::Standard, &endpoint.relation);
     let described = (&mut conn)
         .prepare(AssertSqlSafe(select.clone()).into_sql_str())
         .await

@@ -14,8 +14,8 @@ use crate::config::Endpoint;
 use crate::error::{Error, Result, read_error};
 use crate::progress::RowCounter;
 use crate::snapshot::{BATCH_ROWS, ColumnBuilder, Snapshot, batch};
-use crate::sql::{Dialect, quote, relation_select};
-use crate::watermark::{Bound, Window};
+use crate::sql::quote;
+use crate::watermark::{Bound, ParamStyle, SourceRead};
 use datafusion::arrow::array::*;
 
 /// The storage classes seen in one column of one batch.
@@ -54,11 +54,13 @@ pub async fn snapshot(
     path: &std::path::Path,
     limit: Option<usize>,
     counter: &RowCounter,
-    window: Option<&Window>,
+    read: Option<&SourceRead>,
 ) -> Result<Snapshot> {
     let side = endpoint.side;
     let mut conn = open(endpoint, path).await?;
-    let mut select = relation_select(Dialect::Standard, &endpoint.relation);
+    let window = read.and_then(|r| r.window.as_ref());
+    let (mut select, params) =
+        super::postgres::state_params(&endpoint.relation, read, ParamStyle::Numbered);
     if let Some(w) = window {
         select = format!("SELECT * FROM ({select}) WHERE {} >= ?", quote(&w.column));
     }
@@ -80,6 +82,16 @@ pub async fn snapshot(
         .map(|c| c.type_info().name().to_ascii_uppercase())
         .collect();
     let mut query = sqlx::query(AssertSqlSafe(select.clone()));
+    for value in params {
+        query = match value {
+            serde_json::Value::Null => query.bind(None::<String>),
+            serde_json::Value::Bool(b) => query.bind(b),
+            serde_json::Value::Number(n) if n.is_i64() => query.bind(n.as_i64()),
+            serde_json::Value::Number(n) => query.bind(n.as_f64()),
+            serde_json::Value::String(s) => query.bind(s),
+            other => query.bind(other.to_string()),
+        };
+    }
     if let Some(w) = window {
         // Text timestamps compare as text: the bound is written space-separated with no trailing
         // zeros, so it is never above a stored value it equals (over-reading is harmless).
