@@ -66,7 +66,11 @@ pub fn source_read(job: &Job, state: Option<serde_json::Value>) -> Result<waterm
         }),
         _ => None,
     };
-    Ok(watermark::SourceRead { window, state })
+    Ok(watermark::SourceRead {
+        window,
+        state,
+        keys: None,
+    })
 }
 
 /// Read both snapshots (the source as `read` says) and diff them; with `cells`, every listed

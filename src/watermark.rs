@@ -40,6 +40,16 @@ pub struct Window {
 pub struct SourceRead {
     pub window: Option<Window>,
     pub state: Option<Value>,
+    /// For the destination in incremental mode: read only the rows with these keys.
+    pub keys: Option<KeyFilter>,
+}
+
+/// The keys of the source window, as the destination names its key columns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyFilter {
+    pub columns: Vec<String>,
+    /// A JSON array with one array of key values per key (bound as one parameter).
+    pub json: String,
 }
 
 /// The parameter style of a dialect, for [`bind_state`].

@@ -292,3 +292,47 @@ async fn the_library_keeps_typed_state() {
         r#"{"page":3,"cursor":"abc"}"#
     );
 }
+
+#[tokio::test]
+async fn the_destination_is_read_only_for_the_window_keys() {
+    let url = postgres(
+        "narrow",
+        r#"CREATE TABLE d ("Code" text, region text, v text);
+           INSERT INTO d SELECT 'c' || g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, 'old' FROM generate_series(1, 1000) g;"#,
+    )
+    .await;
+    let f = Folder::new();
+    f.sqlite(
+        "app.db",
+        "CREATE TABLE s (code TEXT, region TEXT, v TEXT, n INTEGER);
+         INSERT INTO s VALUES ('c1', 'us', 'old', 1), ('c2', 'eu', 'new', 5), ('c3', 'us', 'new', 6), ('c9999', 'eu', 'x', 7);
+         CREATE TABLE d (code TEXT, region TEXT, v TEXT);
+         INSERT INTO d VALUES ('c1', 'us', 'old'), ('c2', 'eu', 'old'), ('c3', 'us', 'old'), ('c4', 'eu', 'old');",
+    )
+    .await;
+    for (destination, table) in [(url.as_str(), "d"), ("sqlite://app.db", "d")] {
+        let code_column = if destination.starts_with("postgres") {
+            "Code"
+        } else {
+            "code"
+        };
+        f.write(
+            "job.toml",
+            &format!("[source]\nurl = \"sqlite://app.db\"\ntable = \"s\"\ncursor = \"n\"\n[destination]\nurl = \"{destination}\"\ntable = \"{table}\"\n[match]\ncode = \"{code_column}\"\nregion = \"region\"\n[compare]\nv = \"v\"\n"),
+        );
+        recon(&["state", "set", "job.toml", "5"], f.dir.path());
+        let (code, out, err) = recon(&["plan", "job.toml", "-f", "json"], f.dir.path());
+        assert_eq!(code, 0, "{err}");
+        let summary = json_of(&out)["summary"].clone();
+        assert_eq!(summary["source_rows"], 3, "{summary}");
+        assert_eq!(
+            summary["destination_rows"], 2,
+            "only c2 and c3 are read from {destination}: {summary}"
+        );
+        assert_eq!(
+            (summary["insert"].clone(), summary["update"].clone()),
+            (json!(1), json!(2)),
+            "{summary}"
+        );
+    }
+}

@@ -19,7 +19,7 @@ use crate::config::{Endpoint, FileFormat, Job, Location};
 use crate::error::{Error, Result, Side};
 use crate::progress::Progress;
 use crate::snapshot::Snapshot;
-use crate::watermark::{Bound, SourceRead};
+use crate::watermark::{Bound, KeyFilter, SourceRead};
 
 /// Rows used to infer a CSV/JSON file's column types (the whole file, up to this many rows).
 const INFER_ROWS: usize = 1_000_000;
@@ -34,11 +34,59 @@ pub async fn register_both(
     progress: &Progress,
     read: Option<&SourceRead>,
 ) -> Result<()> {
-    tokio::try_join!(
-        register(ctx, &job.source, limit, progress, read),
-        register(ctx, &job.destination, limit, progress, None),
-    )?;
-    Ok(())
+    let narrow = read.is_some_and(|r| r.window.is_some())
+        && matches!(
+            job.destination.location,
+            Location::Postgres(_) | Location::Sqlite(_)
+        );
+    if !narrow {
+        tokio::try_join!(
+            register(ctx, &job.source, limit, progress, read),
+            register(ctx, &job.destination, limit, progress, None),
+        )?;
+        return Ok(());
+    }
+    // Incremental mode: read the source window first, then only the destination rows with its keys.
+    register(ctx, &job.source, limit, progress, read).await?;
+    let keys = window_keys(ctx, job).await?;
+    let read = SourceRead {
+        keys,
+        ..SourceRead::default()
+    };
+    register(ctx, &job.destination, limit, progress, Some(&read)).await
+}
+
+/// Most keys passed to the destination as a filter; a larger window reads the destination whole.
+const MAX_FILTER_KEYS: usize = 1_000_000;
+
+/// The distinct keys of the registered source, as a filter for the destination read.
+async fn window_keys(ctx: &SessionContext, job: &Job) -> Result<Option<KeyFilter>> {
+    let columns: Vec<String> = job
+        .keys
+        .iter()
+        .map(|k| crate::sql::quote(&k.source))
+        .collect();
+    let query = format!("SELECT DISTINCT {} FROM source", columns.join(", "));
+    let batches = crate::diff::sql(ctx, &query).await?.collect().await?;
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    if rows > MAX_FILTER_KEYS {
+        return Ok(None);
+    }
+    let mut keys = Vec::with_capacity(rows);
+    for b in &batches {
+        for row in 0..b.num_rows() {
+            let key: Vec<serde_json::Value> = b
+                .columns()
+                .iter()
+                .map(|c| crate::diff::json_value(c, row))
+                .collect();
+            keys.push(serde_json::Value::Array(key));
+        }
+    }
+    Ok(Some(KeyFilter {
+        columns: job.keys.iter().map(|k| k.destination.clone()).collect(),
+        json: serde_json::Value::Array(keys).to_string(),
+    }))
 }
 
 /// Register one side's snapshot in `ctx` under the side's name.

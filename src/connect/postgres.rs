@@ -124,6 +124,31 @@ pub async fn snapshot(
         kinds.push(kind.unwrap_or(PgKind::Text));
         names.push(name);
     }
+    let filter = match read.and_then(|r| r.keys.as_ref()) {
+        Some(keys) => {
+            sqlx::query("SELECT set_config('recon.keys', $1, false)")
+                .bind(&keys.json)
+                .execute(&mut conn)
+                .await
+                .map_err(|e| read_error(side, "binding the window's keys", e))?;
+            let mut columns = Vec::new();
+            let mut values = Vec::new();
+            for (i, name) in keys.columns.iter().enumerate() {
+                let column = described.columns().iter().find(|c| c.name() == name);
+                let sql_type =
+                    column.map_or("text".to_string(), |c| c.type_info().name().to_string());
+                columns.push(format!("q.{}", quote(name)));
+                values.push(format!("(e->>{i})::{sql_type}"));
+            }
+            let joiner = if filter.is_empty() { " WHERE" } else { " AND" };
+            format!(
+                "{filter}{joiner} ({}) IN (SELECT {} FROM jsonb_array_elements(current_setting('recon.keys')::jsonb) AS e)",
+                columns.join(", "),
+                values.join(", ")
+            )
+        }
+        None => filter,
+    };
     let limit = limit.map_or(String::new(), |n| format!(" LIMIT {n}"));
     let copy = format!(
         "COPY (SELECT {} FROM ({select}) AS q{filter}{limit}) TO STDOUT (FORMAT binary)",

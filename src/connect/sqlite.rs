@@ -64,6 +64,18 @@ pub async fn snapshot(
     if let Some(w) = window {
         select = format!("SELECT * FROM ({select}) WHERE {} >= ?", quote(&w.column));
     }
+    let keys = read.and_then(|r| r.keys.as_ref());
+    if let Some(k) = keys {
+        let columns: Vec<String> = k.columns.iter().map(|c| quote(c)).collect();
+        let values: Vec<String> = (0..k.columns.len())
+            .map(|i| format!("json_extract(value, '$[{i}]')"))
+            .collect();
+        select = format!(
+            "SELECT * FROM ({select}) WHERE ({}) IN (SELECT {} FROM json_each(?))",
+            columns.join(", "),
+            values.join(", ")
+        );
+    }
     if let Some(n) = limit {
         select = format!("SELECT * FROM ({select}) LIMIT {n}");
     }
@@ -99,6 +111,9 @@ pub async fn snapshot(
             Bound::Int(n) => query.bind(*n),
             other => query.bind(other.text()),
         };
+    }
+    if let Some(k) = keys {
+        query = query.bind(k.json.clone());
     }
     let mut rows = query.fetch(&mut conn);
     let mut batches = Vec::new();
