@@ -212,15 +212,24 @@ impl Bound {
 pub fn to_json(cell: &Cell) -> Option<Value> {
     Some(match cell {
         Cell::Int(n) => Value::from(*n),
-        Cell::TimestampTz(t) => {
-            Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
-        }
-        Cell::Timestamp(t) => Value::String(t.format("%Y-%m-%dT%H:%M:%S%.f").to_string()),
+        Cell::TimestampTz(t) => Value::String(format!("{}Z", iso(&t.naive_utc()))),
+        Cell::Timestamp(t) => Value::String(iso(t)),
         Cell::Date(d) => Value::String(d.format("%Y-%m-%d").to_string()),
         Cell::Text(s) => Value::String(s.clone()),
         Cell::Decimal(s) => Value::String(s.clone()),
         _ => return None,
     })
+}
+
+/// ISO text with microseconds when the value has a fraction (the snapshot's precision), none
+/// when it falls on a whole second.
+fn iso(t: &NaiveDateTime) -> String {
+    use chrono::Timelike;
+    if t.nanosecond() == 0 {
+        t.format("%Y-%m-%dT%H:%M:%S").to_string()
+    } else {
+        t.format("%Y-%m-%dT%H:%M:%S%.6f").to_string()
+    }
 }
 
 /// Order two cursor values of one column (NULLs and unlike kinds compare equal).

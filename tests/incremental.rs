@@ -336,3 +336,63 @@ async fn the_destination_is_read_only_for_the_window_keys() {
         );
     }
 }
+
+#[tokio::test]
+async fn mariadb_sources_read_windows_by_date_and_by_timestamp() {
+    let url = mariadb(
+        "incremental",
+        "CREATE TABLE s (k VARCHAR(10), v VARCHAR(10), day DATE, at DATETIME(6), region VARCHAR(5));
+         INSERT INTO s VALUES ('a', '1', '2024-03-01', '2024-03-01 10:00:00.000001', 'eu'),
+                              ('b', '1', '2024-03-02', '2024-03-02 10:00:00.500000', 'eu'),
+                              ('c', '1', '2024-03-03', '2024-03-03 10:00:00', 'us');",
+    )
+    .await;
+    let f = Folder::new();
+    f.sqlite("app.db", "CREATE TABLE d (k TEXT, v TEXT);").await;
+    let job = |cursor: &str, lag: &str, query: &str| {
+        format!(
+            "[source]\nurl = \"{url}\"\nquery = \"{query}\"\ncursor = \"{cursor}\"\n{lag}\n[destination]\nurl = \"sqlite://app.db\"\ntable = \"d\"\n[match]\nk = \"k\"\n[compare]\nv = \"v\"\n"
+        )
+    };
+    f.write(
+        "job.toml",
+        &job("day", "lag = \"1d\"", "SELECT k, v, day FROM s"),
+    );
+    apply(f.dir.path());
+    assert_eq!(state(f.dir.path()), json!({"watermark": "2024-03-03"}));
+    let (_, plan, _) = recon(&["plan", "job.toml", "-f", "json"], f.dir.path());
+    assert_eq!(
+        json_of(&plan)["summary"]["source_rows"],
+        2,
+        "day >= 2024-03-03 - 1 day"
+    );
+
+    f.write(
+        "job.toml",
+        &job(
+            "at",
+            "",
+            "SELECT k, v, at FROM s WHERE region = $state.region",
+        ),
+    );
+    recon(
+        &[
+            "state",
+            "set",
+            "job.toml",
+            r#"{"region": "eu", "watermark": "2024-03-01T10:00:00.000001"}"#,
+        ],
+        f.dir.path(),
+    );
+    let (_, plan, _) = recon(&["plan", "job.toml", "-f", "json"], f.dir.path());
+    assert_eq!(
+        json_of(&plan)["summary"]["source_rows"],
+        2,
+        "both eu rows, the first one exactly at the watermark"
+    );
+    apply(f.dir.path());
+    assert_eq!(
+        state(f.dir.path()),
+        json!({"region": "eu", "watermark": "2024-03-02T10:00:00.500000"})
+    );
+}
