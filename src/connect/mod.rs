@@ -210,3 +210,28 @@ async fn filter_file(
     ctx.register_table(name, filtered.into_view())?;
     Ok(())
 }
+
+/// Bind a JSON value from the saved state as the SQL value it stands for (NULL, a boolean, a
+/// number or text; arrays and objects as JSON text).
+pub(crate) fn bind_json<'q, DB>(
+    query: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>,
+    value: serde_json::Value,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>
+where
+    DB: sqlx::Database,
+    Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    bool: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<f64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    use serde_json::Value;
+    match value {
+        Value::Null => query.bind(None::<String>),
+        Value::Bool(b) => query.bind(b),
+        Value::Number(n) if n.is_i64() => query.bind(n.as_i64()),
+        Value::Number(n) => query.bind(n.as_f64()),
+        Value::String(s) => query.bind(s),
+        other => query.bind(other.to_string()),
+    }
+}

@@ -95,14 +95,7 @@ pub async fn snapshot(
         .collect();
     let mut query = sqlx::query(AssertSqlSafe(select.clone()));
     for value in params {
-        query = match value {
-            serde_json::Value::Null => query.bind(None::<String>),
-            serde_json::Value::Bool(b) => query.bind(b),
-            serde_json::Value::Number(n) if n.is_i64() => query.bind(n.as_i64()),
-            serde_json::Value::Number(n) => query.bind(n.as_f64()),
-            serde_json::Value::String(s) => query.bind(s),
-            other => query.bind(other.to_string()),
-        };
+        query = super::bind_json(query, value);
     }
     if let Some(w) = window {
         // Text timestamps compare as text: the bound is written space-separated with no trailing
