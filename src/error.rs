@@ -169,7 +169,7 @@ impl Error {
             Error::InvalidJob(_) => "fix the lines above; `recon check JOB.toml` re-validates".into(),
             Error::Mapping(_) => "fix [match]/[compare] in the job file, or the side's `query`; `recon check JOB.toml` lists every problem".into(),
             Error::Connect { side, .. } => format!(
-                "check the [{side}] url (host, port, database, credentials) and that the server is running"
+                "check the [{side}] url (host, port, database, credentials) and that the server is running; a PostgreSQL server not on this machine must accept TLS unless the url says `?sslmode=disable`"
             ),
             Error::MissingColumn { side, .. } => format!(
                 "map the column under [match] or [compare] to a column the {side} has, or select it in the {side} `query`"

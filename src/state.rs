@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::postgres::PgConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode};
 use sqlx::{ConnectOptions, Connection, Row};
 
@@ -451,7 +451,7 @@ async fn open_sqlite(path: &Path) -> Result<SqliteConnection> {
 /// database's own.
 async fn open_postgres(url: &str, shown: &Path) -> Result<PgConnection> {
     let err = store_error(shown);
-    let options: PgConnectOptions = url.parse().map_err(&err)?;
+    let options = crate::connect::pg_options(url).map_err(&err)?;
     let mut conn = options
         .application_name("recon state")
         .connect()
@@ -475,7 +475,7 @@ pub async fn probe(job: &Job) -> Result<String> {
     match state_location(job) {
         StateLocation::Postgres(url) => {
             let shown = PathBuf::from(crate::config::redact(&url));
-            let options: PgConnectOptions = url.parse().map_err(store_error(&shown))?;
+            let options = crate::connect::pg_options(&url).map_err(store_error(&shown))?;
             let mut conn = options.connect().await.map_err(store_error(&shown))?;
             sqlx::query("SELECT 1")
                 .execute(&mut conn)

@@ -6,6 +6,8 @@
 mod mysql;
 mod pgbinary;
 mod postgres;
+
+pub use postgres::pg_options;
 mod sqlite;
 
 use std::path::Path;

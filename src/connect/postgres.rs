@@ -53,13 +53,33 @@ fn pg_bound(bound: &Bound) -> (String, &'static str) {
     (text, sql_type)
 }
 
+/// Connection options from a url. Without an explicit `sslmode`, a server that is not on this
+/// machine must speak TLS (`require`): sqlx's own default, `prefer`, falls back to plaintext
+/// silently. `?sslmode=disable` (or `prefer`) in the url opts out.
+pub fn pg_options(url: &str) -> std::result::Result<PgConnectOptions, sqlx::Error> {
+    let options: PgConnectOptions = url.parse()?;
+    let explicit = url.to_ascii_lowercase().contains("sslmode=");
+    let host = options.get_host().trim_matches(|c| c == '[' || c == ']');
+    let local = options.get_socket().is_some()
+        || host.starts_with('/')
+        || host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    Ok(if explicit || local {
+        options
+    } else {
+        options.ssl_mode(sqlx::postgres::PgSslMode::Require)
+    })
+}
+
 pub async fn connect(endpoint: &Endpoint, url: &str) -> Result<PgConnection> {
     let connect_error = |source| Error::Connect {
         side: endpoint.side,
         url: endpoint.location.display(),
         source,
     };
-    let options: PgConnectOptions = url.parse().map_err(connect_error)?;
+    let options = pg_options(url).map_err(connect_error)?;
     options
         .application_name("recon")
         .connect()
@@ -184,4 +204,43 @@ pub async fn snapshot(
     counter.add(last.num_rows());
     batches.push(last);
     Snapshot::from_batches(batches)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::postgres::PgSslMode;
+
+    fn mode(url: &str) -> PgSslMode {
+        pg_options(url).unwrap().get_ssl_mode()
+    }
+
+    #[test]
+    fn remote_servers_must_speak_tls_unless_the_url_says_otherwise() {
+        assert!(matches!(
+            mode("postgres://u@db.example.com/dw"),
+            PgSslMode::Require
+        ));
+        assert!(matches!(
+            mode("postgres://u@10.1.2.3/dw"),
+            PgSslMode::Require
+        ));
+        assert!(matches!(
+            mode("postgres://u@db.example.com/dw?sslmode=disable"),
+            PgSslMode::Disable
+        ));
+        assert!(matches!(
+            mode("postgres://u@db.example.com/dw?sslmode=verify-full"),
+            PgSslMode::VerifyFull
+        ));
+        assert!(matches!(
+            mode("postgres://u@127.0.0.1:5432/dw"),
+            PgSslMode::Prefer
+        ));
+        assert!(matches!(
+            mode("postgres://u@localhost/dw"),
+            PgSslMode::Prefer
+        ));
+        assert!(matches!(mode("postgres://u@[::1]/dw"), PgSslMode::Prefer));
+    }
 }

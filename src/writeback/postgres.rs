@@ -7,7 +7,7 @@
 //! carry the types recon reads as text (enums, intervals, arrays); CSV goes through each type's
 //! own parser. benches/apply_pg.sh measures it.
 
-use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::postgres::PgConnection;
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor};
 
 use super::{Op, Target, WriteError, classify, key_matches};
@@ -29,7 +29,7 @@ impl Writer {
             url: endpoint.location.display(),
             source,
         };
-        let options: PgConnectOptions = url.parse().map_err(connect_error)?;
+        let options = crate::connect::pg_options(url).map_err(connect_error)?;
         let mut conn = options
             .application_name("recon")
             .connect()
