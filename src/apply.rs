@@ -102,7 +102,7 @@ pub async fn apply(job: &Job, options: &ApplyOptions, progress: &Progress) -> Re
         run.message = Some(format!("watermark {old} → {new}"));
     }
     let run_id = state
-        .record_with_state(&run, &failed, new_state.as_ref())
+        .record_with_state(&run, Some(&failed), new_state.as_ref())
         .await?;
     Ok(ApplyReport {
         changeset,

@@ -269,15 +269,15 @@ impl State {
     /// Record a finished run and the rows that failed in it (replacing the previous run's), in one
     /// transaction. `failed[i].runs` must already count earlier consecutive failures.
     pub async fn record(&mut self, run: &Run, failed: &[FailedRow]) -> Result<i64> {
-        self.record_with_state(run, failed, None).await
+        self.record_with_state(run, Some(failed), None).await
     }
 
     /// As [`State::record`], also replacing the job's state value (the watermark) in the same
-    /// transaction.
+    /// transaction. `failed: None` keeps the failed rows of the last apply that wrote.
     pub async fn record_with_state(
         &mut self,
         run: &Run,
-        failed: &[FailedRow],
+        failed: Option<&[FailedRow]>,
         state: Option<&Value>,
     ) -> Result<i64> {
         let job = self.job.clone();
@@ -308,8 +308,10 @@ impl State {
                 .fetch_one(&mut *tx)
                 .await?
                 .get(0);
-                sqlx::query("DELETE FROM failed_rows WHERE job = $1").bind(&job).execute(&mut *tx).await?;
-                for row in failed {
+                if failed.is_some() {
+                    sqlx::query("DELETE FROM failed_rows WHERE job = $1").bind(&job).execute(&mut *tx).await?;
+                }
+                for row in failed.unwrap_or_default() {
                     sqlx::query("INSERT INTO failed_rows (job, key, action, error, run_id, runs) VALUES ($1, $2, $3, $4, $5, $6)")
                         .bind(&job)
                         .bind(&row.key)
@@ -342,8 +344,7 @@ impl State {
     /// Record a run that wrote nothing (refused by a guard, or failed), keeping the failed rows
     /// of the last apply that did write.
     pub async fn record_run_only(&mut self, run: &Run) -> Result<i64> {
-        let previous = self.failed_rows().await?;
-        self.record(run, &previous).await
+        self.record_with_state(run, None, None).await
     }
 
     /// The job's most recent runs, newest first.

@@ -20,8 +20,10 @@ use datafusion::prelude::SessionContext;
 use crate::config::{Endpoint, FileFormat, Job, Location};
 use crate::error::{Error, Result, Side};
 use crate::progress::Progress;
-use crate::snapshot::Snapshot;
-use crate::watermark::{Bound, KeyFilter, SourceRead};
+use crate::progress::RowCounter;
+use crate::snapshot::{BATCH_ROWS, Snapshot};
+use crate::watermark::{Bound, KeyFilter, ParamStyle, SourceRead};
+use datafusion::arrow::record_batch::RecordBatch;
 
 /// Rows used to infer a CSV/JSON file's column types (the whole file, up to this many rows).
 const INFER_ROWS: usize = 1_000_000;
@@ -235,5 +237,58 @@ where
         Value::Number(n) => query.bind(n.as_f64()),
         Value::String(s) => query.bind(s),
         other => query.bind(other.to_string()),
+    }
+}
+
+/// The side's statement with `$watermark`/`$state.x` in a user query made parameters.
+pub(crate) fn state_params(
+    relation: &crate::config::Relation,
+    read: Option<&SourceRead>,
+    style: ParamStyle,
+) -> (String, Vec<serde_json::Value>) {
+    let dialect = if style == ParamStyle::Positional {
+        crate::sql::Dialect::Mysql
+    } else {
+        crate::sql::Dialect::Standard
+    };
+    let select = crate::sql::relation_select(dialect, relation);
+    match (relation, read) {
+        (crate::config::Relation::Query(_), Some(r)) => {
+            crate::watermark::bind_state(&select, r.state.as_ref(), style)
+        }
+        (crate::config::Relation::Query(_), None) => {
+            crate::watermark::bind_state(&select, None, style)
+        }
+        _ => (select, Vec::new()),
+    }
+}
+
+/// Cut a row stream into record batches of [`BATCH_ROWS`], counting rows as they come; always at
+/// least one batch (empty when there are no rows), so the column names and types are known.
+pub(crate) async fn batched<R, S, E>(
+    mut rows: S,
+    counter: &RowCounter,
+    read_error: impl Fn(sqlx::Error) -> Error,
+    to_batch: impl Fn(&[R]) -> std::result::Result<RecordBatch, E>,
+    batch_error: impl Fn(E) -> Error,
+) -> Result<Snapshot>
+where
+    S: futures::Stream<Item = std::result::Result<R, sqlx::Error>> + Unpin,
+{
+    use futures::TryStreamExt;
+    let mut batches = Vec::new();
+    let mut chunk = Vec::with_capacity(BATCH_ROWS);
+    loop {
+        let row = rows.try_next().await.map_err(&read_error)?;
+        let end = row.is_none();
+        chunk.extend(row);
+        if chunk.len() == BATCH_ROWS || end {
+            batches.push(to_batch(&chunk).map_err(&batch_error)?);
+            counter.add(chunk.len());
+            chunk.clear();
+        }
+        if end {
+            return Snapshot::from_batches(batches);
+        }
     }
 }

@@ -6,14 +6,13 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Timelike, Utc};
-use futures::TryStreamExt;
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlRow};
 use sqlx::{AssertSqlSafe, Column, ConnectOptions, Executor, Row, SqlSafeStr, Statement, TypeInfo};
 
 use crate::config::Endpoint;
 use crate::error::{Error, Result, read_error};
 use crate::progress::RowCounter;
-use crate::snapshot::{BATCH_ROWS, ColumnBuilder, Snapshot, batch};
+use crate::snapshot::{ColumnBuilder, Snapshot, batch};
 use crate::sql::{Dialect, quote_in};
 use crate::watermark::{Bound, ParamStyle, SourceRead};
 use datafusion::arrow::array::*;
@@ -22,6 +21,8 @@ use datafusion::arrow::array::*;
 enum Kind {
     Bool,
     Int,
+    /// Unsigned up to `INT UNSIGNED`: read unsigned, fits an i64.
+    UInt32,
     UInt,
     Float,
     Double,
@@ -39,7 +40,7 @@ fn kind(type_name: &str) -> Option<Kind> {
         "BOOLEAN" => Kind::Bool,
         "TINYINT" | "SMALLINT" | "INT" | "MEDIUMINT" | "BIGINT" | "YEAR" => Kind::Int,
         "TINYINT UNSIGNED" | "SMALLINT UNSIGNED" | "INT UNSIGNED" | "MEDIUMINT UNSIGNED" => {
-            Kind::Int
+            Kind::UInt32
         }
         "BIGINT UNSIGNED" => Kind::UInt,
         "FLOAT" => Kind::Float,
@@ -59,7 +60,7 @@ fn kind(type_name: &str) -> Option<Kind> {
 fn builder(kind: Kind) -> ColumnBuilder {
     match kind {
         Kind::Bool => ColumnBuilder::Bool(BooleanBuilder::new()),
-        Kind::Int => ColumnBuilder::Int64(Int64Builder::new()),
+        Kind::Int | Kind::UInt32 => ColumnBuilder::Int64(Int64Builder::new()),
         Kind::UInt | Kind::Decimal => ColumnBuilder::Decimal(Vec::new()),
         Kind::Float => ColumnBuilder::Float32(Float32Builder::new()),
         Kind::Double => ColumnBuilder::Float64(Float64Builder::new()),
@@ -91,7 +92,7 @@ pub async fn snapshot(
     let mut conn: MySqlConnection = options.connect().await.map_err(connect_error)?;
     let window = read.and_then(|r| r.window.as_ref());
     let (mut select, params) =
-        super::postgres::state_params(&endpoint.relation, read, ParamStyle::Positional);
+        super::state_params(&endpoint.relation, read, ParamStyle::Positional);
     if let Some(w) = window {
         select = format!(
             "SELECT * FROM ({select}) AS w WHERE w.{} >= ?",
@@ -129,25 +130,14 @@ pub async fn snapshot(
             Bound::Date(d) => query.bind(*d),
         };
     }
-    let mut rows = query.fetch(&mut conn);
-    let mut batches = Vec::new();
-    let mut chunk = Vec::with_capacity(BATCH_ROWS);
-    let read = |e| read_error(side, format!("reading `{select}`"), e);
-    while let Some(row) = rows.try_next().await.map_err(read)? {
-        chunk.push(row);
-        if chunk.len() == BATCH_ROWS {
-            batches.push(
-                to_batch(&names, &kinds, &chunk)
-                    .map_err(|e| read_error(side, "decoding rows", e))?,
-            );
-            counter.add(chunk.len());
-            chunk.clear();
-        }
-    }
-    counter.add(chunk.len());
-    batches
-        .push(to_batch(&names, &kinds, &chunk).map_err(|e| read_error(side, "decoding rows", e))?);
-    Snapshot::from_batches(batches)
+    super::batched(
+        query.fetch(&mut conn),
+        counter,
+        |e| read_error(side, format!("reading `{select}`"), e),
+        |rows| to_batch(&names, &kinds, rows),
+        |e| read_error(side, "decoding rows", e),
+    )
+    .await
 }
 
 fn to_batch(
@@ -176,7 +166,13 @@ fn push(row: &MySqlRow, i: usize, kind: Kind, b: &mut ColumnBuilder) -> DecodeRe
         (Kind::Bool, ColumnBuilder::Bool(b)) => {
             b.append_option(row.try_get_unchecked::<Option<bool>, _>(i)?)
         }
-        (Kind::Int, ColumnBuilder::Int64(b)) => b.append_option(get_int(row, i)?),
+        (Kind::Int, ColumnBuilder::Int64(b)) => {
+            b.append_option(row.try_get_unchecked::<Option<i64>, _>(i)?)
+        }
+        (Kind::UInt32, ColumnBuilder::Int64(b)) => b.append_option(
+            row.try_get_unchecked::<Option<u64>, _>(i)?
+                .map(|n| n as i64),
+        ),
         (Kind::UInt, ColumnBuilder::Decimal(v)) => v.push(
             row.try_get_unchecked::<Option<u64>, _>(i)?
                 .map(|n| (n as i128, 0)),
@@ -217,15 +213,4 @@ fn push(row: &MySqlRow, i: usize, kind: Kind, b: &mut ColumnBuilder) -> DecodeRe
         _ => unreachable!("builder made for its kind"),
     }
     Ok(())
-}
-
-/// Integers of any width; unsigned ones up to `INT UNSIGNED` fit an i64 once read unsigned.
-fn get_int(row: &MySqlRow, i: usize) -> std::result::Result<Option<i64>, sqlx::Error> {
-    let unsigned = row.columns()[i].type_info().name().ends_with("UNSIGNED");
-    Ok(if unsigned {
-        row.try_get_unchecked::<Option<u64>, _>(i)?
-            .map(|n| n as i64)
-    } else {
-        row.try_get_unchecked::<Option<i64>, _>(i)?
-    })
 }

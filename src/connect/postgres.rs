@@ -12,30 +12,8 @@ use crate::config::Endpoint;
 use crate::error::{Error, Result, read_error};
 use crate::progress::RowCounter;
 use crate::snapshot::Snapshot;
-use crate::sql::{Dialect, quote, relation_select};
+use crate::sql::quote;
 
-/// The side's statement with `$watermark`/`$state.x` in a user query made parameters.
-pub(crate) fn state_params(
-    relation: &crate::config::Relation,
-    read: Option<&SourceRead>,
-    style: ParamStyle,
-) -> (String, Vec<serde_json::Value>) {
-    let dialect = if style == ParamStyle::Positional {
-        Dialect::Mysql
-    } else {
-        Dialect::Standard
-    };
-    let select = relation_select(dialect, relation);
-    match (relation, read) {
-        (crate::config::Relation::Query(_), Some(r)) => {
-            crate::watermark::bind_state(&select, r.state.as_ref(), style)
-        }
-        (crate::config::Relation::Query(_), None) => {
-            crate::watermark::bind_state(&select, None, style)
-        }
-        _ => (select, Vec::new()),
-    }
-}
 use crate::watermark::{Bound, ParamStyle, SourceRead, setting_text};
 
 /// The bound's text and the SQL type it is read back as.
@@ -99,7 +77,7 @@ pub async fn snapshot(
     let mut conn = connect(endpoint, url).await?;
     let window = read.and_then(|r| r.window.as_ref());
     // COPY takes no parameters: values are bound into session settings instead.
-    let (select, params) = state_params(&endpoint.relation, read, ParamStyle::Setting);
+    let (select, params) = super::state_params(&endpoint.relation, read, ParamStyle::Setting);
     for (i, value) in params.iter().enumerate() {
         sqlx::query("SELECT set_config($1, $2, false)")
             .bind(format!("recon.p{}", i + 1))

@@ -4,7 +4,6 @@
 //! reals → Float64, any text → Utf8, blobs → Binary. A declared `BOOLEAN` of 0/1 becomes Boolean.
 //! The file is opened read-only.
 
-use futures::TryStreamExt;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteRow};
 use sqlx::{
     AssertSqlSafe, Column, ConnectOptions, Executor, Row, SqlSafeStr, Statement, TypeInfo, ValueRef,
@@ -13,7 +12,7 @@ use sqlx::{
 use crate::config::Endpoint;
 use crate::error::{Error, Result, read_error};
 use crate::progress::RowCounter;
-use crate::snapshot::{BATCH_ROWS, ColumnBuilder, Snapshot, batch};
+use crate::snapshot::{ColumnBuilder, Snapshot, batch};
 use crate::sql::quote;
 use crate::watermark::{Bound, ParamStyle, SourceRead};
 use datafusion::arrow::array::*;
@@ -59,8 +58,7 @@ pub async fn snapshot(
     let side = endpoint.side;
     let mut conn = open(endpoint, path).await?;
     let window = read.and_then(|r| r.window.as_ref());
-    let (mut select, params) =
-        super::postgres::state_params(&endpoint.relation, read, ParamStyle::Numbered);
+    let (mut select, params) = super::state_params(&endpoint.relation, read, ParamStyle::Numbered);
     if let Some(w) = window {
         select = format!("SELECT * FROM ({select}) WHERE {} >= ?", quote(&w.column));
     }
@@ -108,21 +106,15 @@ pub async fn snapshot(
     if let Some(k) = keys {
         query = query.bind(k.json.clone());
     }
-    let mut rows = query.fetch(&mut conn);
-    let mut batches = Vec::new();
-    let mut chunk = Vec::with_capacity(BATCH_ROWS);
-    let read = |e| read_error(side, format!("reading `{select}`"), e);
-    while let Some(row) = rows.try_next().await.map_err(read)? {
-        chunk.push(row);
-        if chunk.len() == BATCH_ROWS {
-            batches.push(to_batch(&names, &declared, &chunk).map_err(read)?);
-            counter.add(chunk.len());
-            chunk.clear();
-        }
-    }
-    counter.add(chunk.len());
-    batches.push(to_batch(&names, &declared, &chunk).map_err(read)?);
-    Snapshot::from_batches(batches)
+    let read_error = |e| read_error(side, format!("reading `{select}`"), e);
+    super::batched(
+        query.fetch(&mut conn),
+        counter,
+        &read_error,
+        |rows| to_batch(&names, &declared, rows),
+        &read_error,
+    )
+    .await
 }
 
 fn to_batch(

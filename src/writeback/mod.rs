@@ -315,35 +315,20 @@ async fn isolate(
 /// `before-write`, `before-batch`, `after-batch`, `before-state`.
 pub fn pause_point(name: &str) {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    static SEEN: std::sync::Mutex<Vec<(String, usize)>> = std::sync::Mutex::new(Vec::new());
-    static PAUSED: AtomicUsize = AtomicUsize::new(0);
+    // Only the configured point is ever counted, so one counter serves.
+    static REACHED: AtomicUsize = AtomicUsize::new(0);
     let Ok(spec) = std::env::var("RECON_PAUSE_AT") else {
         return;
     };
     let (point, nth) = spec
         .split_once(':')
         .map_or((spec.as_str(), 1), |(p, n)| (p, n.parse().unwrap_or(1)));
-    if point != name {
+    if point != name || REACHED.fetch_add(1, Ordering::SeqCst) + 1 != nth {
         return;
     }
-    let count = {
-        let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
-        match seen.iter_mut().find(|(n, _)| n == name) {
-            Some((_, c)) => {
-                *c += 1;
-                *c
-            }
-            None => {
-                seen.push((name.to_string(), 1));
-                1
-            }
-        }
-    };
-    if count == nth && PAUSED.fetch_add(1, Ordering::SeqCst) == 0 {
-        #[allow(clippy::print_stderr)]
-        {
-            eprintln!("recon: paused at {name}:{nth}");
-        }
-        std::thread::sleep(std::time::Duration::from_secs(120));
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!("recon: paused at {name}:{nth}");
     }
+    std::thread::sleep(std::time::Duration::from_secs(120));
 }
