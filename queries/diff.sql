@@ -10,6 +10,8 @@
 --   action  'insert' (only in source), 'update' (in both, some column differs), 'delete' (only in destination)
 --   k0..kN  the key;  id  the destination's id
 --   s_v0.., d_v0..  the source and destination values as each side holds them;  c0..  true where that column differs
+--   n_v0..  the source values in the compared type: what writeback writes, so that the destination
+--           stores the value the comparison saw (a text timestamp's zone applied, a date parsed)
 --
 -- In incremental mode the source is a window (rows from the watermark on): the join is a LEFT
 -- JOIN, so destination rows outside the window are not deletes, and `cur` carries the cursor.

@@ -5,7 +5,7 @@
 --      key and compared columns, cast to the common types), o0..oM (uncast)
 --   d  the destination, as in diff.sql
 --
--- Output: the columns of diff.sql. Rows whose action is not insert/update/delete are refused
+-- Output: the columns of diff.sql (n_v0.. are the user's values, cast). Rows whose action is not insert/update/delete are refused
 -- before this runs (key_checks.sql, `bad_actions`).
 SELECT
     lower(u.action) AS action,

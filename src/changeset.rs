@@ -94,6 +94,8 @@ pub enum Cell {
     Time(chrono::NaiveTime),
     Timestamp(chrono::NaiveDateTime),
     TimestampTz(chrono::DateTime<chrono::Utc>),
+    /// PostgreSQL's `infinity` (`false`) or `-infinity` (`true`) date or timestamp.
+    Infinity(bool),
 }
 
 /// The result of a diff.

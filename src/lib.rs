@@ -32,6 +32,7 @@ pub mod report;
 pub mod snapshot;
 pub mod sql;
 pub mod state;
+pub mod temporal;
 pub mod types;
 pub mod watermark;
 pub mod writeback;

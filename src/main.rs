@@ -151,19 +151,40 @@ async fn check(job: &Job, progress: &Progress) -> recon::Result<u8> {
 }
 
 fn init_logging(cli: &Cli) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{Layer, filter};
+    // The drivers (sqlx) stay at `error` at every verbosity: their warnings can carry connection
+    // parameters and `.pgpass` lines, values included.
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
         (false, 0) => "warn,sqlx=error",
         (false, 1) => "warn,sqlx=error,recon=info",
-        (false, _) => "warn,recon=debug",
+        (false, 2) => "warn,sqlx=error,recon=debug",
+        (false, _) => "info,sqlx=error,recon=trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("RECON_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
-        .init();
+        .with_ansi(colour)
+        .with_filter(filter)
+        .with_filter(filter::filter_fn(|meta| !may_carry_secret(meta)));
+    tracing_subscriber::registry().with(layer).init();
+}
+
+/// A driver event whose fields may hold a secret: sqlx's "ignoring unrecognized connect
+/// parameter key=… value=…" and "Malformed line in pgpass file line=…". Dropped whatever the
+/// filter (`RECON_LOG` included) says.
+fn may_carry_secret(meta: &tracing::Metadata<'_>) -> bool {
+    !meta.target().starts_with("recon")
+        && meta
+            .fields()
+            .iter()
+            .any(|f| matches!(f.name(), "value" | "line" | "password" | "url"))
 }
 
 /// `error: …`, then each `caused by: …`, then `hint: …`, on stderr.

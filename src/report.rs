@@ -42,13 +42,36 @@ pub fn emit(text: &str, output: Option<&Path>) -> Result<()> {
             }),
         };
     };
-    let tmp = path.with_extension("recon-tmp");
     let write_error = |source| Error::Write {
         path: path.to_path_buf(),
         source,
     };
-    std::fs::write(&tmp, text).map_err(write_error)?;
-    std::fs::rename(&tmp, path).map_err(write_error)
+    if path.is_dir() {
+        return Err(write_error(std::io::Error::new(
+            std::io::ErrorKind::IsADirectory,
+            "it is a folder; give a file name, e.g. `-o changes.json`",
+        )));
+    }
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".recon-tmp");
+    let tmp = path.with_file_name(name);
+    let _ = std::fs::remove_file(&tmp);
+    let written = write_private(&tmp, text).and_then(|_| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(write_error)
+}
+
+/// Write a new file readable by its owner only (0600, whatever the umask): reports hold row data.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
 }
 
 /// Render a changeset in `format`.
@@ -147,6 +170,25 @@ fn describe_change(changeset: &Changeset, change: &Change) -> String {
     parts.join(", ")
 }
 
+/// Text for a terminal or a markdown table: control characters from the data (escape sequences,
+/// carriage returns, NUL, …) are shown escaped (`\n`, `\u{1b}`) rather than sent to the screen.
+fn printable(text: String) -> String {
+    if !text.chars().any(char::is_control) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&c.escape_unicode().to_string()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 fn key_text(changeset: &Changeset, change: &Change) -> String {
     changeset
         .key_object(change)
@@ -181,9 +223,9 @@ fn table(changeset: &Changeset) -> String {
         for c in &changeset.changes {
             t.add_row(vec![
                 c.action.name().to_string(),
-                key_text(changeset, c),
-                display_id(&c.id),
-                describe_change(changeset, c),
+                printable(key_text(changeset, c)),
+                printable(display_id(&c.id)),
+                printable(describe_change(changeset, c)),
             ]);
         }
         out.push_str(&t.to_string());
@@ -205,7 +247,7 @@ fn display_id(id: &Value) -> String {
 }
 
 fn markdown(changeset: &Changeset) -> String {
-    let escape = |s: String| s.replace('|', "\\|");
+    let escape = |s: String| printable(s).replace('|', "\\|");
     let mut out = format!(
         "**{}**\n\n| action | key | id | change |\n|---|---|---|---|\n",
         summary_line(changeset)
@@ -233,12 +275,13 @@ fn csv_field(value: &str) -> String {
     }
 }
 
-/// CSV cell for a value: NULL is an empty field.
+/// CSV cell for a value: NULL is an empty field, the empty string a quoted empty field (`""`),
+/// as PostgreSQL's `COPY … CSV` reads them.
 fn csv_value(value: &Value) -> String {
-    if value.is_null() {
-        String::new()
-    } else {
-        csv_field(&display(value))
+    match value {
+        Value::Null => String::new(),
+        Value::String(s) if s.is_empty() => "\"\"".into(),
+        other => csv_field(&display(other)),
     }
 }
 
@@ -305,10 +348,11 @@ pub fn render_apply(report: &crate::apply::ApplyReport, format: Format) -> Strin
                 } else {
                     String::new()
                 };
-                out.push_str(&format!(
-                    "failed {} {}: {}{persistent}\n",
+                out.push_str(&printable(format!(
+                    "failed {} {}: {}{persistent}",
                     f.action, f.key, f.error
-                ));
+                )));
+                out.push('\n');
             }
             out
         }

@@ -23,8 +23,9 @@ pub fn quote_in(dialect: Dialect, name: &str) -> String {
     }
 }
 
-/// Quote a possibly schema-qualified table name (`sales.Orders` → `"sales"."Orders"`). A name
-/// that is already quoted is split on dots outside quotes and kept.
+/// Quote a possibly schema-qualified table name (`sales.Orders` → `"sales"."Orders"`). A part
+/// that *starts* with a quote (`"my.schema".orders`) is read up to its closing quote, so it may hold
+/// dots; a quote anywhere else is part of the name (`we"ird` is the table `we"ird`).
 pub fn quote_table(dialect: Dialect, name: &str) -> String {
     split_qualified(name)
         .iter()
@@ -39,7 +40,7 @@ fn split_qualified(name: &str) -> Vec<String> {
     let mut chars = name.chars().peekable();
     while let Some(c) = chars.next() {
         let push = match (quoted, c) {
-            (None, '"' | '`') => {
+            (None, '"' | '`') if parts.last().is_some_and(String::is_empty) => {
                 quoted = Some(c);
                 None
             }
@@ -90,5 +91,7 @@ mod tests {
             quote_table(Dialect::Standard, "\"my.schema\".t"),
             "\"my.schema\".\"t\""
         );
+        assert_eq!(quote_table(Dialect::Standard, "we\"ird"), "\"we\"\"ird\"");
+        assert_eq!(quote_table(Dialect::Mysql, "we\"ird"), "`we\"ird`");
     }
 }

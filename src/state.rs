@@ -429,7 +429,7 @@ impl State {
 
 async fn open_sqlite(path: &Path) -> Result<SqliteConnection> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+        create_private_dir(dir)?;
     }
     create_private(path)?;
     let mut conn = SqliteConnectOptions::new()
@@ -523,6 +523,16 @@ pub async fn probe(job: &Job) -> Result<String> {
     }
 }
 
+/// Create a folder (and its missing parents) with mode 0700 whatever the umask, so the state
+/// store, locks and failed rows are readable by their owner only.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(io_error(dir))
+}
+
 /// Create the file with mode 0600 if it does not exist, so secrets in state stay private.
 fn create_private(path: &Path) -> Result<()> {
     let mut options = OpenOptions::new();
@@ -546,15 +556,13 @@ pub struct Lock {
 impl Lock {
     pub fn acquire(job: &Job) -> Result<Lock> {
         let dir = state_location(job).lock_folder(job);
-        std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        create_private_dir(&dir)?;
         let path = dir.join(format!("{}.lock", sanitize(&job.name)));
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_error(&path))?;
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&path).map_err(io_error(&path))?;
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {

@@ -134,10 +134,25 @@ impl Job {
     /// Read, parse and validate a job file. All problems are reported together as
     /// [`Error::InvalidJob`].
     pub fn load(path: &Path) -> Result<Job> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
             source,
         })?;
+        let text = match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(e) => {
+                let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+                let line = valid.iter().filter(|b| **b == b'\n').count() + 1;
+                return Err(Error::InvalidJob(vec![crate::error::Problem {
+                    file: path.to_path_buf(),
+                    line,
+                    message: format!(
+                        "the job file is not UTF-8 text (byte 0x{:02x} cannot start a character); save it as UTF-8",
+                        e.as_bytes()[valid.len()]
+                    ),
+                }]));
+            }
+        };
         Job::parse(path, &text, &|name| std::env::var(name).ok())
     }
 
@@ -167,25 +182,57 @@ pub(crate) fn folder_of(file: &Path) -> PathBuf {
     }
 }
 
-/// Replace the password of `scheme://user:password@host` with `***`.
+/// Hide every credential in a url: the password of `scheme://user:password@host` and the value
+/// of every query parameter whose name says it carries a secret (`password`, `sslpassword`,
+/// `sslkey`, `token`, `secret`, `auth`, `api_key`, …) become `***`. The userinfo ends at the
+/// *last* `@`, so a password holding an unencoded `/`, `?`, `#` or `@` is hidden whole.
 pub fn redact(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
+        return redact_query(url);
     };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_string();
+    let (head, rest) = url.split_at(scheme_end + 3);
+    let Some(at) = rest.rfind('@') else {
+        return format!("{head}{}", redact_query(rest));
     };
-    match rest[..at].find(':') {
-        Some(colon) => format!(
-            "{}{}:***{}",
-            &url[..scheme_end + 3],
-            &rest[..colon],
-            &rest[at..]
-        ),
-        None => url.to_string(),
-    }
+    let (userinfo, after) = rest.split_at(at);
+    let userinfo = match userinfo.find(':') {
+        Some(colon) => format!("{}:***", &userinfo[..colon]),
+        None => userinfo.to_string(),
+    };
+    format!("{head}{userinfo}{}", redact_query(after))
+}
+
+/// Whether a url parameter name carries a secret.
+pub fn is_secret_parameter(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    [
+        "pass",
+        "pwd",
+        "secret",
+        "token",
+        "key",
+        "auth",
+        "credential",
+        "signature",
+    ]
+    .iter()
+    .any(|s| name.contains(s))
+}
+
+/// `…?user=a&password=x` → `…?user=a&password=***`.
+fn redact_query(text: &str) -> String {
+    let Some(q) = text.find('?') else {
+        return text.to_string();
+    };
+    let (base, query) = text.split_at(q + 1);
+    let parts: Vec<String> = query
+        .split('&')
+        .map(|part| match part.split_once('=') {
+            Some((name, _)) if is_secret_parameter(name) => format!("{name}=***"),
+            _ => part.to_string(),
+        })
+        .collect();
+    format!("{base}{}", parts.join("&"))
 }
 
 #[cfg(test)]
@@ -200,5 +247,21 @@ mod tests {
         );
         assert_eq!(redact("postgres://db/dw"), "postgres://db/dw");
         assert_eq!(redact("mysql://root@h/x"), "mysql://root@h/x");
+    }
+
+    #[test]
+    fn redact_hides_url_parameters_and_odd_passwords() {
+        assert_eq!(
+            redact("postgres://app@db/dw?sslmode=require&password=s3cret&sslpassword=k"),
+            "postgres://app@db/dw?sslmode=require&password=***&sslpassword=***"
+        );
+        assert_eq!(
+            redact("postgres://app:pa/ss?w#rd@db:5432/dw"),
+            "postgres://app:***@db:5432/dw"
+        );
+        assert_eq!(
+            redact("http://h/x?api_token=abc&page=2"),
+            "http://h/x?api_token=***&page=2"
+        );
     }
 }

@@ -29,11 +29,63 @@ const TOP_KEYS: &[&str] = &[
 const ENDPOINT_KEYS: &[&str] = &["url", "table", "query", "id", "cursor", "lag", "http"];
 const WRITE_KEYS: &[&str] = &["deletes", "max_changes", "batch_size", "persistent_after"];
 const STATE_KEYS: &[&str] = &["url"];
+/// Connection-url parameters the PostgreSQL driver understands.
+const POSTGRES_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+/// Connection-url parameters the MySQL/MariaDB driver understands.
+const MYSQL_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslca",
+    "ssl-ca",
+    "charset",
+    "collation",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "socket",
+    "timezone",
+    "time-zone",
+];
+
+fn known_names(url: &str) -> &'static [&'static str] {
+    if url.to_ascii_lowercase().starts_with("postgres") {
+        POSTGRES_PARAMETERS
+    } else {
+        MYSQL_PARAMETERS
+    }
+}
+
+fn known_list(names: &[&str]) -> String {
+    names.join(", ")
+}
 
 /// Collects problems while walking the document.
 struct Walker<'a> {
     file: PathBuf,
     text: &'a str,
+    /// Byte offset where each line starts, to turn offsets into line numbers quickly.
+    line_starts: Vec<usize>,
     env: &'a dyn Fn(&str) -> Option<String>,
     problems: Vec<Problem>,
 }
@@ -43,9 +95,13 @@ pub(super) fn parse(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Job, Vec<Problem>> {
+    let line_starts = std::iter::once(0)
+        .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
     let mut w = Walker {
         file: path.to_path_buf(),
         text,
+        line_starts,
         env,
         problems: Vec::new(),
     };
@@ -66,12 +122,18 @@ pub(super) fn parse(
 
 impl Walker<'_> {
     fn problem(&mut self, at: usize, message: impl Into<String>) {
-        let line = self.text[..at.min(self.text.len())].matches('\n').count() + 1;
+        let line = self.line_of(at);
         self.problems.push(Problem {
             file: self.file.clone(),
             line,
             message: message.into(),
         });
+    }
+
+    fn line_of(&self, at: usize) -> usize {
+        self.line_starts
+            .partition_point(|start| *start <= at)
+            .max(1)
     }
 
     fn job(&mut self, doc: &Table) -> Option<Job> {
@@ -83,6 +145,9 @@ impl Walker<'_> {
         let compare = doc
             .get("compare")
             .and_then(|_| self.pairs(doc, "compare", false));
+        self.check_mapping(keys.as_deref().unwrap_or_default(), compare.as_deref());
+        let keys = keys.map(strip_lines);
+        let compare = compare.map(strip_lines);
         let write = self.write(doc);
         let state_url = self.state_url(doc);
         let diff_query = self
@@ -235,9 +300,11 @@ impl Walker<'_> {
     fn location(&mut self, url: &str, at: usize, prefix: &str) -> Option<Location> {
         let lower = url.to_ascii_lowercase();
         if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+            self.url_parameters(url, POSTGRES_PARAMETERS, at, prefix);
             return Some(Location::Postgres(url.to_string()));
         }
         if lower.starts_with("mysql://") || lower.starts_with("mariadb://") {
+            self.url_parameters(url, MYSQL_PARAMETERS, at, prefix);
             let rest = &url[url.find("://").unwrap_or(0)..];
             return Some(Location::Mysql(format!("mysql{rest}")));
         }
@@ -275,6 +342,35 @@ impl Walker<'_> {
         Some(Location::File(self.resolve(path), format))
     }
 
+    /// Refuse url parameters the driver does not know before it sees them: the driver would log
+    /// (or silently drop) them with their values, and a misspelt `sslmode` would go unnoticed.
+    /// Only the parameter's name is shown, never its value.
+    fn url_parameters(&mut self, url: &str, known: &[&str], at: usize, prefix: &str) {
+        let after_userinfo = url.rfind('@').map_or(url, |i| &url[i..]);
+        let Some((_, query)) = after_userinfo.split_once('?') else {
+            return;
+        };
+        for part in query.split('&').filter(|p| !p.is_empty()) {
+            let name = part.split_once('=').map_or(part, |(n, _)| n);
+            let known = known.contains(&name)
+                || (name.starts_with("options[") && known.contains(&"options"));
+            if !known {
+                let shown = if super::is_secret_parameter(name) || name.len() > 40 {
+                    "…"
+                } else {
+                    name
+                };
+                self.problem(
+                    at,
+                    format!(
+                        "`{prefix}url`: unknown connection parameter `{shown}` (known: {})",
+                        known_list(known_names(url))
+                    ),
+                );
+            }
+        }
+    }
+
     fn relation(
         &mut self,
         location: &Location,
@@ -306,8 +402,14 @@ impl Walker<'_> {
         }
     }
 
-    /// `[match]` / `[compare]`: `source_column = "destination_column"` lines, in file order.
-    fn pairs(&mut self, doc: &Table, key: &str, required: bool) -> Option<Vec<ColumnPair>> {
+    /// `[match]` / `[compare]`: `source_column = "destination_column"` lines, in file order, each
+    /// with where it is written.
+    fn pairs(
+        &mut self,
+        doc: &Table,
+        key: &str,
+        required: bool,
+    ) -> Option<Vec<(ColumnPair, usize)>> {
         let Some(table) = self.table(doc, key) else {
             if required && doc.get(key).is_none() {
                 self.problem(0, format!("missing `[{key}]`: map at least one source key column to a destination column, e.g. `reference = \"code\"`"));
@@ -317,10 +419,13 @@ impl Walker<'_> {
         let mut pairs = Vec::new();
         for (k, v) in table.iter() {
             match v.get_ref() {
-                DeValue::String(s) => pairs.push(ColumnPair {
-                    source: k.get_ref().to_string(),
-                    destination: s.to_string(),
-                }),
+                DeValue::String(s) => pairs.push((
+                    ColumnPair {
+                        source: k.get_ref().to_string(),
+                        destination: s.to_string(),
+                    },
+                    k.span().start,
+                )),
                 _ => self.problem(
                     v.span().start,
                     format!(
@@ -338,6 +443,51 @@ impl Walker<'_> {
             return None;
         }
         Some(pairs)
+    }
+
+    /// Mappings that would overwrite the wrong data: one destination column fed by two source
+    /// columns (the last write would win), and a compared column that is a destination key column
+    /// (`apply` would rewrite keys). Both lines are named.
+    fn check_mapping(
+        &mut self,
+        keys: &[(ColumnPair, usize)],
+        compare: Option<&[(ColumnPair, usize)]>,
+    ) {
+        use std::collections::HashMap;
+        for (section, pairs) in [("match", keys), ("compare", compare.unwrap_or_default())] {
+            let mut seen: HashMap<&str, (&str, usize)> = HashMap::new();
+            for (pair, at) in pairs {
+                match seen.get(pair.destination.as_str()) {
+                    Some((first, first_at)) => {
+                        let message = format!(
+                            "`{section}.{}` and `{section}.{first}` (line {}) both map to destination column `{}`: one destination column takes one source column",
+                            pair.source,
+                            self.line_of(*first_at),
+                            pair.destination
+                        );
+                        self.problem(*at, message);
+                    }
+                    None => {
+                        seen.insert(&pair.destination, (&pair.source, *at));
+                    }
+                }
+            }
+        }
+        let key_lines: HashMap<&str, (&str, usize)> = keys
+            .iter()
+            .map(|(p, at)| (p.destination.as_str(), (p.source.as_str(), *at)))
+            .collect();
+        for (pair, at) in compare.unwrap_or_default() {
+            if let Some((key, key_at)) = key_lines.get(pair.destination.as_str()) {
+                let message = format!(
+                    "`compare.{}` maps onto destination key column `{}` (`match.{key}`, line {}): apply would rewrite keys; a key column is matched, never compared",
+                    pair.source,
+                    pair.destination,
+                    self.line_of(*key_at)
+                );
+                self.problem(*at, message);
+            }
+        }
     }
 
     fn write(&mut self, doc: &Table) -> Option<WriteOptions> {
@@ -392,9 +542,18 @@ impl Walker<'_> {
             return default();
         };
         self.unknown_keys(table, STATE_KEYS, "state.");
-        self.string(table, "url", "state.")
-            .map_or_else(default, |(v, _)| v)
+        let url = self.string(table, "url", "state.");
+        if let Some((url, at)) = &url
+            && url.to_ascii_lowercase().starts_with("postgres")
+        {
+            self.url_parameters(url, POSTGRES_PARAMETERS, *at, "state.");
+        }
+        url.map_or_else(default, |(v, _)| v)
     }
+}
+
+fn strip_lines(pairs: Vec<(ColumnPair, usize)>) -> Vec<ColumnPair> {
+    pairs.into_iter().map(|(p, _)| p).collect()
 }
 
 fn parse_lag(v: &Value) -> Option<Lag> {
@@ -472,9 +631,9 @@ pub(crate) fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<St
             out.push('$');
             rest = tail;
         } else if let Some(body) = after.strip_prefix('{') {
-            let end = body
-                .find('}')
-                .ok_or_else(|| format!("`${{` without a closing `}}` in \"{s}\""))?;
+            let end = body.find('}').ok_or_else(|| {
+                "`${` without a closing `}` (write `$$` for a literal `$`)".to_string()
+            })?;
             let (name, default) = match body[..end].split_once(":-") {
                 Some((n, d)) => (n, Some(d)),
                 None => (&body[..end], None),

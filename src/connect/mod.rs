@@ -288,7 +288,8 @@ where
             chunk.clear();
         }
         if end {
-            return Snapshot::from_batches(batches);
+            return Snapshot::from_batches(batches)
+                .map_err(|e| read_error(sqlx::Error::Decode(Box::new(e))));
         }
     }
 }

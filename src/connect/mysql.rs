@@ -16,6 +16,7 @@ use crate::snapshot::{ColumnBuilder, Snapshot, batch};
 use crate::sql::{Dialect, quote_in};
 use crate::watermark::{Bound, ParamStyle, SourceRead};
 use datafusion::arrow::array::*;
+use datafusion::arrow::datatypes::i256;
 
 #[derive(Debug, Clone, Copy)]
 enum Kind {
@@ -175,11 +176,11 @@ fn push(row: &MySqlRow, i: usize, kind: Kind, b: &mut ColumnBuilder) -> DecodeRe
         ),
         (Kind::UInt, ColumnBuilder::Decimal(v)) => v.push(
             row.try_get_unchecked::<Option<u64>, _>(i)?
-                .map(|n| (n as i128, 0)),
+                .map(|n| (i256::from_i128(n.into()), 0)),
         ),
         (Kind::Decimal, ColumnBuilder::Decimal(v)) => v.push(
             row.try_get_unchecked::<Option<rust_decimal::Decimal>, _>(i)?
-                .map(|d| (d.mantissa(), d.scale())),
+                .map(|d| (i256::from_i128(d.mantissa()), d.scale())),
         ),
         (Kind::Float, ColumnBuilder::Float32(b)) => {
             b.append_option(row.try_get_unchecked::<Option<f32>, _>(i)?)

@@ -11,6 +11,7 @@ use datafusion::arrow::array::{
     Int32Builder, Int64Builder, StringBuilder, Time64MicrosecondBuilder,
     TimestampMicrosecondBuilder,
 };
+use datafusion::arrow::datatypes::i256;
 use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::snapshot::{BATCH_ROWS, ColumnBuilder, batch};
@@ -149,7 +150,10 @@ impl Decoder {
     fn take_batch(&mut self) -> Result<RecordBatch, DecodeError> {
         let fresh = self.kinds.iter().map(|k| k.builder()).collect();
         let builders = std::mem::replace(&mut self.builders, fresh);
-        batch(&self.names, builders).map_err(|e| self.error(0, &e.to_string()))
+        batch(&self.names, builders).map_err(|e| DecodeError {
+            column: e.column,
+            message: e.message,
+        })
     }
 
     fn error(&self, column: usize, message: &str) -> DecodeError {
@@ -246,24 +250,44 @@ fn decode(kind: PgKind, v: &[u8], builder: &mut ColumnBuilder) -> Result<(), Str
         }
         (PgKind::Uuid, ColumnBuilder::Text(b)) => b.append_value(uuid(v)?),
         (PgKind::Bytea, ColumnBuilder::Binary(b)) => b.append_value(v),
-        (PgKind::Date, ColumnBuilder::Date(b)) => {
-            let days = i32::from_be_bytes(be(v)?);
-            b.append_value(
-                days.checked_add(PG_EPOCH_DAYS)
-                    .ok_or("date is infinity; cast it in a `query`")?,
-            )
-        }
+        (PgKind::Date, ColumnBuilder::Date(b)) => b.append_value(date(i32::from_be_bytes(be(v)?))?),
         (PgKind::Timestamp | PgKind::TimestampTz, ColumnBuilder::Timestamp(b, _)) => {
-            let us = i64::from_be_bytes(be(v)?);
-            b.append_value(
-                us.checked_add(PG_EPOCH_MICROS)
-                    .ok_or("timestamp is infinity; cast it in a `query`")?,
-            )
+            b.append_value(timestamp(i64::from_be_bytes(be(v)?))?)
         }
         (PgKind::Time, ColumnBuilder::Time(b)) => b.append_value(i64::from_be_bytes(be(v)?)),
         (kind, _) => return Err(format!("internal: no builder for {kind:?}")),
     }
     Ok(())
+}
+
+/// PostgreSQL's day count (from 2000-01-01) as Arrow's (from 1970-01-01); `infinity` and
+/// `-infinity` become the column's extreme values (src/temporal.rs).
+fn date(days: i32) -> Result<i32, String> {
+    use crate::temporal::{DATE_INFINITY, DATE_NEG_INFINITY};
+    match days {
+        i32::MAX => Ok(DATE_INFINITY),
+        i32::MIN => Ok(DATE_NEG_INFINITY),
+        _ => days
+            .checked_add(PG_EPOCH_DAYS)
+            .filter(|d| *d != DATE_INFINITY && *d != DATE_NEG_INFINITY)
+            .ok_or_else(|| "date out of range".to_string()),
+    }
+}
+
+/// PostgreSQL's microseconds (from 2000-01-01) as Arrow's (from 1970-01-01), ±infinity kept.
+fn timestamp(us: i64) -> Result<i64, String> {
+    use crate::temporal::{TIMESTAMP_INFINITY, TIMESTAMP_NEG_INFINITY};
+    match us {
+        i64::MAX => Ok(TIMESTAMP_INFINITY),
+        i64::MIN => Ok(TIMESTAMP_NEG_INFINITY),
+        _ => us
+            .checked_add(PG_EPOCH_MICROS)
+            .filter(|t| *t != TIMESTAMP_INFINITY)
+            .ok_or_else(|| {
+                "timestamp beyond year 294000, past what recon holds; cast it to text in a `query`"
+                    .to_string()
+            }),
+    }
 }
 
 fn uuid(v: &[u8]) -> Result<String, String> {
@@ -280,8 +304,9 @@ fn uuid(v: &[u8]) -> Result<String, String> {
 }
 
 /// A binary `numeric` as (mantissa, scale): digits are base 10000, `weight` is the power of the
-/// first digit, `dscale` the number of decimal digits after the point.
-pub fn numeric(v: &[u8]) -> Result<(i128, u32), String> {
+/// first digit, `dscale` the number of decimal digits after the point. The mantissa is 256 bits
+/// wide (76 digits); the batch narrows it to 128 bits when every value fits 38 digits.
+pub fn numeric(v: &[u8]) -> Result<(i256, u32), String> {
     if v.len() < 8 {
         return Err("truncated numeric".into());
     }
@@ -298,27 +323,32 @@ pub fn numeric(v: &[u8]) -> Result<(i128, u32), String> {
     if v.len() < 8 + ndigits * 2 {
         return Err("truncated numeric".into());
     }
-    let overflow =
-        || "numeric value has more than 38 digits; cast it to float8 in a `query`".to_string();
-    let mut n: i128 = 0;
+    let overflow = || {
+        "numeric value has more than 76 digits, more than recon keeps exactly; cast it to text or float8 in a `query`"
+            .to_string()
+    };
+    let ten = i256::from_i128(10);
+    let mut n = i256::ZERO;
     for i in 0..ndigits {
         let d = u16::from_be_bytes([v[8 + 2 * i], v[9 + 2 * i]]) as i128;
         n = n
-            .checked_mul(10_000)
-            .and_then(|n| n.checked_add(d))
+            .checked_mul(i256::from_i128(10_000))
+            .and_then(|n| n.checked_add(i256::from_i128(d)))
             .ok_or_else(overflow)?;
     }
     // n × 10000^(weight - ndigits + 1) × 10^dscale is the mantissa.
     let exp = 4 * (weight - ndigits as i32 + 1) + dscale;
     let n = if exp >= 0 {
-        10i128
-            .checked_pow(exp as u32)
+        ten.checked_pow(exp as u32)
             .and_then(|f| n.checked_mul(f))
             .ok_or_else(overflow)?
     } else {
-        n / 10i128.checked_pow((-exp) as u32).ok_or_else(overflow)?
+        match ten.checked_pow((-exp) as u32) {
+            Some(f) => n.wrapping_div(f),
+            None => i256::ZERO,
+        }
     };
-    let n = if sign == 0x4000 { -n } else { n };
+    let n = if sign == 0x4000 { n.wrapping_neg() } else { n };
     Ok((n, dscale as u32))
 }
 
@@ -341,16 +371,28 @@ mod tests {
     #[test]
     fn numeric_keeps_digits_and_scale() {
         // 12.50: digits [12, 5000], weight 0, dscale 2
+        let n = |m: i128, s: u32| (i256::from_i128(m), s);
         assert_eq!(
             numeric(&encode(&[12, 5000], 0, false, 2)).unwrap(),
-            (1250, 2)
+            n(1250, 2)
         );
         // -0.0001: digits [1], weight -1, dscale 4
-        assert_eq!(numeric(&encode(&[1], -1, true, 4)).unwrap(), (-1, 4));
+        assert_eq!(numeric(&encode(&[1], -1, true, 4)).unwrap(), n(-1, 4));
         // 20000: digits [2], weight 1, dscale 0
-        assert_eq!(numeric(&encode(&[2], 1, false, 0)).unwrap(), (20000, 0));
+        assert_eq!(numeric(&encode(&[2], 1, false, 0)).unwrap(), n(20000, 0));
         // 0 with scale 3
-        assert_eq!(numeric(&encode(&[], 0, false, 3)).unwrap(), (0, 3));
+        assert_eq!(numeric(&encode(&[], 0, false, 3)).unwrap(), n(0, 3));
+        // 1234567890123456789012345678.1234567890 (38 digits; base-10000 groups reach 40)
+        let v = encode(
+            &[1234, 5678, 9012, 3456, 7890, 1234, 5678, 1234, 5678, 9000],
+            6,
+            false,
+            10,
+        );
+        assert_eq!(
+            numeric(&v).unwrap().0,
+            i256::from_string("12345678901234567890123456781234567890").unwrap()
+        );
     }
 
     #[test]

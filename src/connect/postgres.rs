@@ -181,7 +181,7 @@ pub async fn snapshot(
         .map_err(|e| read_error(side, "decoding the COPY stream", e))?;
     counter.add(last.num_rows());
     batches.push(last);
-    Snapshot::from_batches(batches)
+    Snapshot::from_batches(batches).map_err(|e| read_error(side, "decoding the COPY stream", e))
 }
 
 #[cfg(test)]

@@ -283,7 +283,7 @@ fn render_diff(template: &str, resolved: &Resolved, left: &str) -> String {
             "{{values}}",
             &list(
                 m,
-                |i| format!("{left}.o{i} AS s_v{i}, d.o{i} AS d_v{i},"),
+                |i| format!("{left}.o{i} AS s_v{i}, d.o{i} AS d_v{i}, {left}.v{i} AS n_v{i},"),
                 "\n    ",
             ),
         )

@@ -2,6 +2,8 @@
 //! exist, and every pair must have a common type (src/types.rs). All problems are collected, so
 //! `recon check` can list them at once.
 
+use std::collections::{HashMap, HashSet};
+
 use datafusion::arrow::datatypes::{DataType, Schema};
 
 use crate::config::{ColumnPair, Job};
@@ -42,9 +44,42 @@ impl Resolved {
     }
 }
 
+/// A schema's columns by name, so that resolving many mappings stays linear.
+struct Columns<'a> {
+    schema: &'a Schema,
+    by_name: HashMap<&'a str, &'a DataType>,
+}
+
+impl<'a> Columns<'a> {
+    fn new(schema: &'a Schema) -> Columns<'a> {
+        let by_name = schema
+            .fields()
+            .iter()
+            .map(|f| (f.name().as_str(), f.data_type()))
+            .collect();
+        Columns { schema, by_name }
+    }
+}
+
+/// Problems found so far, each reported once.
+#[derive(Default)]
+struct Problems {
+    list: Vec<Error>,
+    seen: HashSet<String>,
+}
+
+impl Problems {
+    fn push(&mut self, error: Error) {
+        if self.seen.insert(error.to_string()) {
+            self.list.push(error);
+        }
+    }
+}
+
 /// Check the mapping against the schemas; every problem is returned.
 pub fn resolve(job: &Job, source: &Schema, destination: &Schema) -> Result<Resolved, Vec<Error>> {
-    let mut problems = Vec::new();
+    let (source, destination) = (&Columns::new(source), &Columns::new(destination));
+    let mut problems = Problems::default();
     let id = job.destination.id.as_ref().and_then(|id| {
         lookup(Side::Destination, destination, id, &mut problems).map(|t| (id.clone(), t))
     });
@@ -57,7 +92,7 @@ pub fn resolve(job: &Job, source: &Schema, destination: &Schema) -> Result<Resol
     let cursor = job.source.cursor.as_ref().and_then(|c| {
         lookup(Side::Source, source, &c.column, &mut problems).map(|_| c.column.clone())
     });
-    if problems.is_empty() {
+    if problems.list.is_empty() {
         Ok(Resolved {
             keys,
             compared,
@@ -65,13 +100,13 @@ pub fn resolve(job: &Job, source: &Schema, destination: &Schema) -> Result<Resol
             cursor,
         })
     } else {
-        Err(problems)
+        Err(problems.list)
     }
 }
 
 /// `[compare]` omitted: every source column that the destination has by the same name, except
 /// key columns and the destination id.
-fn same_named(job: &Job, source: &Schema, destination: &Schema) -> Vec<ColumnPair> {
+fn same_named(job: &Job, source: &Columns, destination: &Columns) -> Vec<ColumnPair> {
     let is_key = |name: &str| {
         job.keys
             .iter()
@@ -79,10 +114,11 @@ fn same_named(job: &Job, source: &Schema, destination: &Schema) -> Vec<ColumnPai
     };
     let is_id = |name: &str| job.destination.id.as_deref() == Some(name);
     source
+        .schema
         .fields()
         .iter()
         .map(|f| f.name())
-        .filter(|n| !is_key(n) && !is_id(n) && destination.field_with_name(n).is_ok())
+        .filter(|n| !is_key(n) && !is_id(n) && destination.by_name.contains_key(n.as_str()))
         .map(|n| ColumnPair {
             source: n.clone(),
             destination: n.clone(),
@@ -92,9 +128,9 @@ fn same_named(job: &Job, source: &Schema, destination: &Schema) -> Vec<ColumnPai
 
 fn map_all(
     pairs: &[ColumnPair],
-    source: &Schema,
-    destination: &Schema,
-    problems: &mut Vec<Error>,
+    source: &Columns,
+    destination: &Columns,
+    problems: &mut Problems,
 ) -> Vec<Mapped> {
     pairs
         .iter()
@@ -104,9 +140,9 @@ fn map_all(
 
 fn map(
     pair: &ColumnPair,
-    source: &Schema,
-    destination: &Schema,
-    problems: &mut Vec<Error>,
+    source: &Columns,
+    destination: &Columns,
+    problems: &mut Problems,
 ) -> Option<Mapped> {
     let s = lookup(Side::Source, source, &pair.source, problems);
     let d = lookup(Side::Destination, destination, &pair.destination, problems);
@@ -129,23 +165,21 @@ fn map(
     })
 }
 
-fn lookup(side: Side, schema: &Schema, name: &str, problems: &mut Vec<Error>) -> Option<DataType> {
-    if let Ok(field) = schema.field_with_name(name) {
-        return Some(field.data_type().clone());
+fn lookup(side: Side, columns: &Columns, name: &str, problems: &mut Problems) -> Option<DataType> {
+    if let Some(t) = columns.by_name.get(name) {
+        return Some((*t).clone());
     }
-    let available = schema
+    let available = columns
+        .schema
         .fields()
         .iter()
         .map(|f| format!("`{}`", f.name()))
         .collect::<Vec<_>>()
         .join(", ");
-    let error = Error::MissingColumn {
+    problems.push(Error::MissingColumn {
         side,
         column: name.to_string(),
         available,
-    };
-    if !problems.iter().any(|p| p.to_string() == error.to_string()) {
-        problems.push(error);
-    }
+    });
     None
 }

@@ -92,7 +92,7 @@ impl Collector {
         };
         Ok(Cells {
             key: cells("k", self.keys)?,
-            source: cells("s_v", self.compared)?,
+            source: cells("n_v", self.compared)?,
             cursor: batch
                 .column_by_name("cur")
                 .map(|c| cell(c, row))
@@ -120,6 +120,9 @@ pub fn json_value(array: &ArrayRef, row: usize) -> Value {
     if array.is_null(row) || array.data_type() == &Null {
         return Value::Null;
     }
+    if let Some(text) = far_temporal(array, row) {
+        return Value::String(text);
+    }
     let number =
         |v: f64| Number::from_f64(v).map_or_else(|| Value::String(v.to_string()), Value::Number);
     match array.data_type() {
@@ -146,6 +149,30 @@ pub fn json_value(array: &ArrayRef, row: usize) -> Value {
                 .value(row) as f64,
         ),
         _ => display_value(array, row),
+    }
+}
+
+/// ±infinity and years chrono cannot hold, as text (src/temporal.rs); `None` for ordinary values.
+fn far_temporal(array: &ArrayRef, row: usize) -> Option<String> {
+    use crate::temporal::*;
+    match array.data_type() {
+        DataType::Date32 => {
+            let days = array
+                .as_primitive::<datafusion::arrow::datatypes::Date32Type>()
+                .value(row);
+            (days == DATE_INFINITY || days == DATE_NEG_INFINITY || !date_in_chrono_range(days))
+                .then(|| date_text(days))
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, zone) => {
+            let us = array
+                .as_primitive::<datafusion::arrow::datatypes::TimestampMicrosecondType>()
+                .value(row);
+            (us == TIMESTAMP_INFINITY
+                || us == TIMESTAMP_NEG_INFINITY
+                || chrono::DateTime::from_timestamp_micros(us).is_none())
+            .then(|| timestamp_text(us, zone.is_some()))
+        }
+        _ => None,
     }
 }
 
@@ -195,8 +222,12 @@ pub fn cell(array: &ArrayRef, row: usize) -> Cell {
             let days = a
                 .as_primitive::<datafusion::arrow::datatypes::Date32Type>()
                 .value(0);
-            chrono::NaiveDate::from_num_days_from_ce_opt(days + 719_163)
-                .map_or(Cell::Null, Cell::Date)
+            match days {
+                crate::temporal::DATE_INFINITY => Cell::Infinity(false),
+                crate::temporal::DATE_NEG_INFINITY => Cell::Infinity(true),
+                _ => chrono::NaiveDate::from_num_days_from_ce_opt(days.saturating_add(719_163))
+                    .map_or_else(|| Cell::Text(crate::temporal::date_text(days)), Cell::Date),
+            }
         }),
         Time32(_) | Time64(_) => as_type(Time64(TimeUnit::Microsecond)).map_or(Cell::Null, |a| {
             let us = a
@@ -213,10 +244,12 @@ pub fn cell(array: &ArrayRef, row: usize) -> Cell {
                 let us = a
                     .as_primitive::<datafusion::arrow::datatypes::TimestampMicrosecondType>()
                     .value(0);
-                match chrono::DateTime::from_timestamp_micros(us) {
-                    Some(t) if zone.is_some() => Cell::TimestampTz(t),
-                    Some(t) => Cell::Timestamp(t.naive_utc()),
-                    None => Cell::Null,
+                match (us, chrono::DateTime::from_timestamp_micros(us)) {
+                    (crate::temporal::TIMESTAMP_INFINITY, _) => Cell::Infinity(false),
+                    (crate::temporal::TIMESTAMP_NEG_INFINITY, _) => Cell::Infinity(true),
+                    (_, Some(t)) if zone.is_some() => Cell::TimestampTz(t),
+                    (_, Some(t)) => Cell::Timestamp(t.naive_utc()),
+                    (_, None) => Cell::Text(crate::temporal::timestamp_text(us, zone.is_some())),
                 }
             })
         }

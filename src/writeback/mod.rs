@@ -29,6 +29,16 @@ pub struct Applied {
     pub delete: u64,
 }
 
+impl Applied {
+    fn add(&mut self, action: Action, n: u64) {
+        match action {
+            Action::Insert => self.insert += n,
+            Action::Update => self.update += n,
+            Action::Delete => self.delete += n,
+        }
+    }
+}
+
 /// A row the destination refused.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Failure {
@@ -129,8 +139,21 @@ pub fn key_matches(target: &Target, quote: fn(&str) -> String, alias: &str) -> S
 pub enum WriteError {
     /// The database refused the rows (constraint, type, …): split and retry.
     Rejected(String),
+    /// The statement changed another number of rows than the batch holds (an insert whose key
+    /// exists, an update or delete whose key matches no row or several rows): rolled back; split
+    /// until the rows concerned stand alone.
+    Mismatch(u64),
     /// Anything else: stop the run.
     Fatal(Error),
+}
+
+/// Roll back unless the statement changed exactly one destination row per row of the batch.
+pub fn expect_rows(affected: u64, op: &Op<'_>) -> Result<(), WriteError> {
+    if affected == op.rows.len() as u64 {
+        Ok(())
+    } else {
+        Err(WriteError::Mismatch(affected))
+    }
 }
 
 /// Classify a driver error: database errors concern the rows, the rest the run.
@@ -156,6 +179,25 @@ impl Writer {
             Writer::Postgres(w) => w.write(target, op).await,
             Writer::Mysql(w) => w.write(target, op).await,
             Writer::Sqlite(w) => w.write(target, op).await,
+        }
+    }
+
+    /// How many destination rows the change's key matches, under the destination's own rules
+    /// (collation included): explains a row whose write changed no row or several.
+    async fn matches(&mut self, target: &Target, change: &Change) -> Result<u64, WriteError> {
+        match self {
+            Writer::Postgres(w) => w.matches(target, change).await,
+            Writer::Mysql(w) => w.matches(target, change).await,
+            Writer::Sqlite(w) => w.matches(target, change).await,
+        }
+    }
+
+    /// Why the destination cannot hold this row as the source has it, before anything is sent.
+    fn unstorable(&self, target: &Target, op: &Op<'_>, change: &Change) -> Option<String> {
+        match self {
+            Writer::Postgres(_) => None,
+            Writer::Mysql(_) => mysql::unstorable(target, op, change),
+            Writer::Sqlite(w) => w.unstorable(target, op, change),
         }
     }
 
@@ -210,7 +252,7 @@ pub async fn write(
         }
         Location::Mysql(url) => Writer::Mysql(mysql::Writer::connect(&job.destination, url).await?),
         Location::Sqlite(path) => {
-            Writer::Sqlite(sqlite::Writer::connect(&job.destination, path).await?)
+            Writer::Sqlite(sqlite::Writer::connect(&job.destination, path, &target).await?)
         }
         Location::File(..) => {
             return Err(Error::Internal(
@@ -241,11 +283,17 @@ pub async fn write(
     Ok(outcome)
 }
 
-/// Inserts (all compared columns), then updates grouped by their changed columns, then deletes.
+/// Deletes (when on), then updates grouped by their changed columns, then inserts (all compared
+/// columns). Deletes go first so that a key the destination's collation treats as equal to a new
+/// one (`a` deleted, `A` inserted) is gone before the insert, and a unique value held by a deleted
+/// row is free for the row that takes it.
 fn groups(changeset: &Changeset, deletes: bool) -> Vec<(Action, Vec<usize>, Vec<&Change>)> {
     let all: Vec<usize> = (0..changeset.compared_columns.len()).collect();
     let of = |a: Action| changeset.changes.iter().filter(move |c| c.action == a);
-    let mut out = vec![(Action::Insert, all, of(Action::Insert).collect::<Vec<_>>())];
+    let mut out = Vec::new();
+    if deletes {
+        out.push((Action::Delete, Vec::new(), of(Action::Delete).collect()));
+    }
     let mut updates: BTreeMap<Vec<usize>, Vec<&Change>> = BTreeMap::new();
     for c in of(Action::Update) {
         let columns = c
@@ -262,14 +310,13 @@ fn groups(changeset: &Changeset, deletes: bool) -> Vec<(Action, Vec<usize>, Vec<
             .into_iter()
             .map(|(cols, rows)| (Action::Update, cols, rows)),
     );
-    if deletes {
-        out.push((Action::Delete, Vec::new(), of(Action::Delete).collect()));
-    }
+    out.push((Action::Insert, all, of(Action::Insert).collect::<Vec<_>>()));
     out.retain(|(_, _, rows)| !rows.is_empty());
     out
 }
 
 /// Write one batch; when the database refuses it, split until the refused rows stand alone.
+/// Rows the destination cannot hold as the source has them are failed before anything is sent.
 async fn isolate(
     writer: &mut Writer,
     target: &Target,
@@ -277,29 +324,46 @@ async fn isolate(
     op: Op<'_>,
     outcome: &mut Outcome,
 ) -> Result<()> {
-    let mut pending: Vec<&[&Change]> = vec![op.rows];
+    let fail = |change: &Change, error: String| Failure {
+        action: op.action,
+        key: changeset.key_object(change),
+        error,
+        cursor: change.cells.cursor.clone(),
+    };
+    let mut storable = Vec::with_capacity(op.rows.len());
+    for change in op.rows {
+        match writer.unstorable(target, &op, change) {
+            Some(error) => outcome.failed.push(fail(change, error)),
+            None => storable.push(*change),
+        }
+    }
+    let mut pending: Vec<&[&Change]> = vec![&storable];
     while let Some(rows) = pending.pop() {
+        if rows.is_empty() {
+            continue;
+        }
         let part = Op {
             action: op.action,
             columns: op.columns,
             rows,
         };
         match writer.write(target, &part).await {
-            Ok(()) => {
-                let n = rows.len() as u64;
-                match op.action {
-                    Action::Insert => outcome.applied.insert += n,
-                    Action::Update => outcome.applied.update += n,
-                    Action::Delete => outcome.applied.delete += n,
+            Ok(()) => outcome.applied.add(op.action, rows.len() as u64),
+            Err(WriteError::Rejected(error)) if rows.len() == 1 => {
+                outcome.failed.push(fail(rows[0], error))
+            }
+            Err(WriteError::Mismatch(_)) if rows.len() == 1 => {
+                let found = writer.matches(target, rows[0]).await;
+                let found = match found {
+                    Ok(n) => n,
+                    Err(WriteError::Fatal(e)) => return Err(e),
+                    Err(_) => u64::MAX,
+                };
+                if let Some(error) = mismatch_message(op.action, found) {
+                    outcome.failed.push(fail(rows[0], error));
                 }
             }
-            Err(WriteError::Rejected(error)) if rows.len() == 1 => outcome.failed.push(Failure {
-                action: op.action,
-                key: changeset.key_object(rows[0]),
-                error,
-                cursor: rows[0].cells.cursor.clone(),
-            }),
-            Err(WriteError::Rejected(_)) => {
+            Err(WriteError::Rejected(_) | WriteError::Mismatch(_)) => {
                 let (a, b) = rows.split_at(rows.len() / 2);
                 pending.push(b);
                 pending.push(a);
@@ -308,6 +372,24 @@ async fn isolate(
         }
     }
     Ok(())
+}
+
+/// Why a one-row write changed no row or several, given how many destination rows its key
+/// matches now; `None` for a delete whose row is already gone (nothing left to do).
+fn mismatch_message(action: Action, found: u64) -> Option<String> {
+    const COLLATION: &str = "the destination's collation treats keys that differ only in case, accents or trailing spaces as equal";
+    Some(match (action, found) {
+        (Action::Delete, 0) => return None,
+        (Action::Insert, _) => format!(
+            "a destination row already has this key ({COLLATION}, or the row was written since the snapshot); nothing written"
+        ),
+        (Action::Update, 0) => {
+            "no destination row has this key any more (deleted since the snapshot); nothing written".into()
+        }
+        (_, 1) => "the destination row changed while it was being written; nothing written, the next run compares it again".into(),
+        (_, n) if n == u64::MAX => "the write changed no row or several rows; nothing written".into(),
+        (_, n) => format!("the key matches {n} destination rows ({COLLATION}); nothing written"),
+    })
 }
 
 /// Test hook for crash tests: with `RECON_PAUSE_AT=NAME[:N]`, the N-th (default first) time the

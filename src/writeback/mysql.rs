@@ -7,8 +7,8 @@ use sqlx::mysql::{MySql, MySqlArguments, MySqlConnectOptions, MySqlConnection};
 use sqlx::query::Query;
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
 
-use super::{Op, Target, WriteError, classify, key_matches};
-use crate::changeset::{Action, Cell};
+use super::{Op, Target, WriteError, classify, expect_rows, key_matches};
+use crate::changeset::{Action, Cell, Change};
 use crate::config::Endpoint;
 use crate::error::{Error, Result};
 use crate::sql::{Dialect, quote_in, quote_table};
@@ -42,14 +42,99 @@ impl Writer {
             }
         }
         let mut tx = self.conn.begin().await.map_err(|e| classify(&what, e))?;
-        match query.execute(&mut *tx).await {
-            Ok(_) => tx.commit().await.map_err(|e| classify(&what, e)),
+        let checked = match single_matches(&mut tx, target, op).await {
+            Err(e) => Err(classify(&what, e)),
+            Ok(false) => Err(WriteError::Mismatch(0)),
+            Ok(true) => match query.execute(&mut *tx).await {
+                Ok(done) => expect_rows(done.rows_affected(), op),
+                Err(e) => Err(classify(&what, e)),
+            },
+        };
+        match checked {
+            Ok(()) => tx.commit().await.map_err(|e| classify(&what, e)),
             Err(e) => {
                 let _ = tx.rollback().await;
-                Err(classify(&what, e))
+                Err(e)
             }
         }
     }
+
+    /// How many destination rows the change's key matches, under the table's collation.
+    pub async fn matches(&mut self, target: &Target, change: &Change) -> Result<u64, WriteError> {
+        let what = format!("looking up a key in `{}`", target.table);
+        let keys: Vec<String> = target
+            .keys
+            .iter()
+            .map(|k| format!("{} = ?", q(k)))
+            .collect();
+        let count = format!(
+            "SELECT count(*) FROM {} WHERE {}",
+            quote_table(Dialect::Mysql, &target.table),
+            keys.join(" AND ")
+        );
+        let mut query = sqlx::query_scalar::<_, i64>(AssertSqlSafe(count));
+        for cell in &change.cells.key {
+            query = bind_cell(query, cell);
+        }
+        let n = query
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(|e| classify(&what, e))?;
+        Ok(n as u64)
+    }
+}
+
+/// For updates and deletes: whether every staged key matches exactly one destination row under
+/// the table's collation (MariaDB refuses a subquery on the table being changed, so this is
+/// asked before the statement, in its transaction). Inserts: always true.
+async fn single_matches(
+    tx: &mut MySqlConnection,
+    target: &Target,
+    op: &Op<'_>,
+) -> std::result::Result<bool, sqlx::Error> {
+    if op.action == Action::Insert {
+        return Ok(true);
+    }
+    let table = quote_table(Dialect::Mysql, &target.table);
+    let numbered = rows(target, op).replacen("SELECT ", "SELECT 0 AS r, ", 1);
+    let mut numbered_rows = numbered.split(" UNION ALL SELECT ");
+    let mut derived = numbered_rows.next().unwrap_or_default().to_string();
+    for (i, rest) in numbered_rows.enumerate() {
+        derived.push_str(&format!(" UNION ALL SELECT {}, {rest}", i + 1));
+    }
+    let check = format!(
+        "SELECT count(*) FROM (SELECT w.r FROM ({derived}) AS w LEFT JOIN {table} AS d ON {} GROUP BY w.r HAVING count(d.{}) <> 1) AS bad",
+        key_matches(target, q, "d"),
+        q(&target.keys[0])
+    );
+    let mut query = sqlx::query_scalar::<_, i64>(AssertSqlSafe(check));
+    for change in op.rows {
+        for cell in op.cells(change) {
+            query = bind_cell(query, cell);
+        }
+    }
+    Ok(query.fetch_one(&mut *tx).await? == 0)
+}
+
+/// Values MySQL/MariaDB cannot hold: ±infinity dates and timestamps, NaN and infinite floats.
+pub fn unstorable(target: &Target, op: &Op<'_>, change: &Change) -> Option<String> {
+    let columns = target
+        .keys
+        .iter()
+        .chain(op.written().iter().map(|i| &target.compared[*i]));
+    for (cell, column) in op.cells(change).zip(columns) {
+        let what = match cell {
+            Cell::Infinity(true) => "-infinity",
+            Cell::Infinity(false) => "infinity",
+            Cell::Float(f) if f.is_nan() => "NaN",
+            Cell::Float(f) if f.is_infinite() => "an infinite number",
+            _ => continue,
+        };
+        return Some(format!(
+            "MySQL/MariaDB cannot hold {what} in column `{column}`; nothing written for this row"
+        ));
+    }
+    None
 }
 
 /// `SELECT ? AS k0, ? AS v1 UNION ALL SELECT ?, ? …`: the batch as a derived table.
@@ -64,6 +149,7 @@ fn rows(target: &Target, op: &Op<'_>) -> String {
     )
 }
 
+/// The batch's statement (updates and deletes run only after [`single_matches`]).
 fn statement(target: &Target, op: &Op<'_>) -> String {
     let table = quote_table(Dialect::Mysql, &target.table);
     let matches = key_matches(target, q, "d");
@@ -85,6 +171,11 @@ fn bind<'q>(
     query: Query<'q, MySql, MySqlArguments>,
     cell: &Cell,
 ) -> Query<'q, MySql, MySqlArguments> {
+    bind_cell(query, cell)
+}
+
+/// Bind one cell to any MySQL query (statement or scalar lookup).
+fn bind_cell<'q, Q: Bindable<'q>>(query: Q, cell: &Cell) -> Q {
     match cell.clone() {
         Cell::Null => query.bind(None::<String>),
         Cell::Bool(b) => query.bind(b),
@@ -96,5 +187,23 @@ fn bind<'q>(
         Cell::Time(t) => query.bind(t),
         Cell::Timestamp(t) => query.bind(t),
         Cell::TimestampTz(t) => query.bind(t),
+        Cell::Infinity(negative) => query.bind(if negative { "-infinity" } else { "infinity" }),
+    }
+}
+
+/// The `bind` of sqlx's query kinds, so one function binds cells to all of them.
+trait Bindable<'q>: Sized {
+    fn bind<T: 'q + sqlx::Encode<'q, MySql> + sqlx::Type<MySql>>(self, value: T) -> Self;
+}
+
+impl<'q> Bindable<'q> for Query<'q, MySql, MySqlArguments> {
+    fn bind<T: 'q + sqlx::Encode<'q, MySql> + sqlx::Type<MySql>>(self, value: T) -> Self {
+        Query::bind(self, value)
+    }
+}
+
+impl<'q, O> Bindable<'q> for sqlx::query::QueryScalar<'q, MySql, O, MySqlArguments> {
+    fn bind<T: 'q + sqlx::Encode<'q, MySql> + sqlx::Type<MySql>>(self, value: T) -> Self {
+        sqlx::query::QueryScalar::bind(self, value)
     }
 }

@@ -10,16 +10,20 @@
 use sqlx::postgres::PgConnection;
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor};
 
-use super::{Op, Target, WriteError, classify, key_matches};
-use crate::changeset::{Action, Cell};
+use super::{Op, Target, WriteError, classify, expect_rows, key_matches};
+use crate::changeset::{Action, Cell, Change};
 use crate::config::Endpoint;
 use crate::error::{Error, Result};
 use crate::sql::{Dialect, quote, quote_table};
 
-const TEMP: &str = "recon_w";
+/// The staging table, always named with its schema (`pg_temp`) so that no table of the user's,
+/// whatever its name, is mistaken for it; the destination table is named with its schema too.
+const TEMP: &str = "pg_temp.recon_staging";
 
 pub struct Writer {
     conn: PgConnection,
+    /// The destination table, schema-qualified as PostgreSQL resolved it.
+    table: String,
 }
 
 impl Writer {
@@ -48,10 +52,10 @@ impl Writer {
                     .map(|(i, c)| format!("{} AS v{i}", quote(c))),
             )
             .collect();
+        let table = resolve_table(&mut conn, &target.table).await?;
         let create = format!(
-            "SET TimeZone = 'UTC'; CREATE TEMP TABLE {TEMP} AS SELECT {} FROM {} WITH NO DATA",
+            "SET TimeZone = 'UTC'; CREATE TEMP TABLE {TEMP} AS SELECT {} FROM {table} WITH NO DATA",
             columns.join(", "),
-            quote_table(Dialect::Standard, &target.table)
         );
         sqlx::raw_sql(AssertSqlSafe(create))
             .execute(&mut conn)
@@ -60,11 +64,11 @@ impl Writer {
                 what: format!("preparing to write `{}`", target.table),
                 source: Box::new(e),
             })?;
-        Ok(Writer { conn })
+        Ok(Writer { conn, table })
     }
 
     pub async fn write(&mut self, target: &Target, op: &Op<'_>) -> Result<(), WriteError> {
-        let statement = statement(target, op);
+        let statement = statement(&self.table, target, op);
         let names = op.staged_names(target).join(", ");
         let copy = format!("COPY {TEMP} ({names}) FROM STDIN (FORMAT csv)");
         let data = csv(op);
@@ -79,23 +83,83 @@ impl Writer {
                 return Err(e);
             }
             copy_in.finish().await?;
-            tx.execute(AssertSqlSafe(statement)).await?;
-            Ok::<(), sqlx::Error>(())
+            Ok::<u64, sqlx::Error>(tx.execute(AssertSqlSafe(statement)).await?.rows_affected())
         }
         .await;
-        match result {
+        let checked = result
+            .map_err(|e| classify(&what, e))
+            .and_then(|n| expect_rows(n, op));
+        match checked {
             Ok(()) => tx.commit().await.map_err(|e| classify(&what, e)),
             Err(e) => {
                 let _ = tx.rollback().await;
-                Err(classify(&what, e))
+                Err(e)
             }
         }
     }
+
+    /// How many destination rows the change's key matches (the key is staged like a batch).
+    pub async fn matches(&mut self, target: &Target, change: &Change) -> Result<u64, WriteError> {
+        let what = format!("looking up a key in `{}`", target.table);
+        let keys = (0..target.keys.len()).map(|i| format!("k{i}"));
+        let copy = format!(
+            "COPY {TEMP} ({}) FROM STDIN (FORMAT csv)",
+            keys.collect::<Vec<_>>().join(", ")
+        );
+        let row: Vec<String> = change.cells.key.iter().map(field).collect();
+        let count = format!(
+            "SELECT count(*) FROM {} d JOIN {TEMP} w ON {}",
+            self.table,
+            key_matches(target, quote, "d")
+        );
+        let mut tx = self.conn.begin().await.map_err(|e| classify(&what, e))?;
+        let result = async {
+            tx.execute(AssertSqlSafe(format!("TRUNCATE {TEMP}")))
+                .await?;
+            let mut copy_in = tx.copy_in_raw(&copy).await?;
+            copy_in
+                .send(format!("{}\n", row.join(",")).into_bytes())
+                .await?;
+            copy_in.finish().await?;
+            sqlx::query_scalar::<_, i64>(AssertSqlSafe(count))
+                .fetch_one(&mut *tx)
+                .await
+        }
+        .await;
+        let _ = tx.rollback().await;
+        result.map(|n| n as u64).map_err(|e| classify(&what, e))
+    }
 }
 
-fn statement(target: &Target, op: &Op<'_>) -> String {
-    let table = quote_table(Dialect::Standard, &target.table);
+/// The destination table as PostgreSQL resolves it now, schema-qualified and quoted, so that
+/// statements never reach another object of the same name (the staging table included).
+async fn resolve_table(conn: &mut PgConnection, table: &str) -> Result<String> {
+    let resolved: Option<String> = sqlx::query_scalar(
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)",
+    )
+    .bind(quote_table(Dialect::Standard, table))
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(|e| Error::Writeback {
+        what: format!("looking up the destination table `{table}`"),
+        source: Box::new(e),
+    })?;
+    resolved.ok_or_else(|| Error::Writeback {
+        what: format!("looking up the destination table `{table}`"),
+        source: "the table does not exist (or this user cannot see it)".into(),
+    })
+}
+
+/// The batch's statement. Updates and deletes touch a destination row only when the staged key
+/// matches exactly one row, so a key that the destination's collation finds twice changes nothing
+/// (the row count then tells, see [`expect_rows`]).
+fn statement(table: &str, target: &Target, op: &Op<'_>) -> String {
     let matches = key_matches(target, quote, "d");
+    let single = format!(
+        "(SELECT count(*) FROM {table} d2 WHERE {}) = 1",
+        key_matches(target, quote, "d2")
+    );
     match op.action {
         Action::Insert => {
             let staged: Vec<String> = op
@@ -110,10 +174,12 @@ fn statement(target: &Target, op: &Op<'_>) -> String {
             )
         }
         Action::Update => format!(
-            "UPDATE {table} AS d SET {} FROM {TEMP} w WHERE {matches}",
+            "UPDATE {table} AS d SET {} FROM {TEMP} w WHERE {matches} AND {single}",
             op.assignments(target, quote, "")
         ),
-        Action::Delete => format!("DELETE FROM {table} AS d USING {TEMP} w WHERE {matches}"),
+        Action::Delete => {
+            format!("DELETE FROM {table} AS d USING {TEMP} w WHERE {matches} AND {single}")
+        }
     }
 }
 
@@ -151,5 +217,6 @@ fn field(cell: &Cell) -> String {
         Cell::Time(t) => t.format("%H:%M:%S%.6f").to_string(),
         Cell::Timestamp(t) => t.format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
         Cell::TimestampTz(t) => t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string(),
+        Cell::Infinity(negative) => if *negative { "-infinity" } else { "infinity" }.into(),
     }
 }
