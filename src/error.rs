@@ -136,6 +136,14 @@ pub enum Error {
         path: PathBuf,
     },
 
+    #[error("job files `{}` and `{}` both use the job name `{job}`, and one name has one state in `{}`", other.display(), file.display(), store.display())]
+    NameClash {
+        job: String,
+        file: PathBuf,
+        other: PathBuf,
+        store: PathBuf,
+    },
+
     #[error("{message}")]
     Guard { message: String, hint: String },
 
@@ -157,7 +165,7 @@ impl Error {
     /// The process exit code for this error (see README, "Exit codes").
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::InvalidJob(_) => 78,
+            Error::InvalidJob(_) | Error::NameClash { .. } => 78,
             Error::Locked { .. } => 75,
             _ => 1,
         }
@@ -184,6 +192,10 @@ impl Error {
             Error::DiffQuery { .. } => "a diff query returns `action` ('insert', 'update' or 'delete') and the destination's key and compared columns".into(),
             Error::Locked { .. } => "wait for the other run to finish; the lock is released as soon as its process ends".into(),
             Error::Guard { hint, .. } => hint.clone(),
+            Error::NameClash { file, .. } => format!(
+                "give `{}` its own `name = \"…\"` (the name defaults to the file's stem), or point its `[state] url` elsewhere",
+                file.display()
+            ),
             Error::Writeback { .. } => "rows written before the failure are kept; the next run's diff finds the rest".into(),
             Error::Read { .. } => "run `recon check JOB.toml` to see whether both sides can be reached and read".into(),
             _ => return None,

@@ -397,14 +397,17 @@ async fn state_can_live_in_postgres_and_its_lock_spans_machines() {
     for f in [&a, &b] {
         f.write("s.csv", &format!("{SOURCE}A-6,1.00,\n"));
     }
-    // Two folders stand for two machines: their file locks differ, the advisory lock does not.
+    // Two folders stand for two machines (RECON_HOSTNAME names the second): their file locks
+    // differ, the advisory lock does not.
+    let other = [("RECON_HOSTNAME", "other-machine")];
     let first = recon_paused(&["apply", "job.toml"], a.dir.path(), "before-write");
-    let (code, _, err) = recon(&["apply", "job.toml"], b.dir.path());
+    let (code, _, err) = recon_env(&["apply", "job.toml"], b.dir.path(), &other);
     assert_eq!(code, 75, "{err}");
     assert!(err.contains("advisory lock"), "{err}");
     first.kill();
     for run in 1..=2 {
-        let (code, out, err) = recon(&["apply", "job.toml", "-f", "json"], b.dir.path());
+        let (code, out, err) =
+            recon_env(&["apply", "job.toml", "-f", "json"], b.dir.path(), &other);
         assert_eq!(code, 3, "{err}");
         assert_eq!(json(&out)["failed_rows"][0]["persistent"], run == 2);
     }

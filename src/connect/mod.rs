@@ -3,6 +3,7 @@
 //! and SQLite by sqlx row streams); files are registered with DataFusion's own readers and
 //! scanned in place. Both sides are read at the same time.
 
+mod files;
 mod mysql;
 mod pgbinary;
 mod postgres;
@@ -10,23 +11,18 @@ mod postgres;
 pub use postgres::pg_options;
 mod sqlite;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::datasource::MemTable;
-use datafusion::execution::options::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
 use datafusion::prelude::SessionContext;
 
-use crate::config::{Endpoint, FileFormat, Job, Location};
-use crate::error::{Error, Result, Side};
+use crate::config::{Endpoint, Job, Location};
+use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::progress::RowCounter;
 use crate::snapshot::{BATCH_ROWS, Snapshot};
 use crate::watermark::{Bound, KeyFilter, ParamStyle, SourceRead};
 use datafusion::arrow::record_batch::RecordBatch;
-
-/// Rows used to infer a CSV/JSON file's column types (the whole file, up to this many rows).
-const INFER_ROWS: usize = 1_000_000;
 
 /// Register both sides' snapshots in `ctx` as `source` and `destination`. With `limit`, only
 /// that many rows of each database side are read (used by `check` to sample).
@@ -104,7 +100,7 @@ pub async fn register(
     let name = endpoint.side.name();
     let snapshot = match &endpoint.location {
         Location::File(path, format) => {
-            register_file(ctx, endpoint.side, path, *format).await?;
+            files::register(ctx, endpoint.side, path, *format).await?;
             return match read.and_then(|r| r.window.as_ref()) {
                 Some(w) => filter_file(ctx, name, w).await,
                 None => Ok(()),
@@ -134,56 +130,6 @@ async fn read_database(
     counter.done();
     tracing::info!(side = %endpoint.side, rows = snapshot.rows(), "snapshot read");
     Ok(snapshot)
-}
-
-async fn register_file(
-    ctx: &SessionContext,
-    side: Side,
-    path: &Path,
-    format: FileFormat,
-) -> Result<()> {
-    if !path.is_file() {
-        return Err(Error::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("the {side} file does not exist"),
-            ),
-        });
-    }
-    let name = side.name();
-    let location = path.to_string_lossy();
-    let extension = path
-        .extension()
-        .map(|e| format!(".{}", e.to_string_lossy()))
-        .unwrap_or_default();
-    let read = |e| crate::error::read_error(side, format!("opening `{location}`"), e);
-    match format {
-        FileFormat::Csv => {
-            let options = CsvReadOptions::new()
-                .has_header(true)
-                .file_extension(&extension)
-                .schema_infer_max_records(INFER_ROWS);
-            ctx.register_csv(name, location.as_ref(), options)
-                .await
-                .map_err(read)
-        }
-        FileFormat::Parquet => {
-            let options = ParquetReadOptions::default().file_extension(&extension);
-            ctx.register_parquet(name, location.as_ref(), options)
-                .await
-                .map_err(read)
-        }
-        FileFormat::Json | FileFormat::JsonLines => {
-            let mut options = JsonReadOptions::default()
-                .file_extension(&extension)
-                .schema_infer_max_records(INFER_ROWS);
-            options.newline_delimited = format == FileFormat::JsonLines;
-            ctx.register_json(name, location.as_ref(), options)
-                .await
-                .map_err(read)
-        }
-    }
 }
 
 /// Narrow a registered file to the window: `column >= lower`, the bound a typed literal.

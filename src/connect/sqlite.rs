@@ -16,6 +16,7 @@ use crate::snapshot::{ColumnBuilder, Snapshot, batch};
 use crate::sql::quote;
 use crate::watermark::{Bound, ParamStyle, SourceRead};
 use datafusion::arrow::array::*;
+use datafusion::arrow::datatypes::i256;
 
 /// The storage classes seen in one column of one batch.
 #[derive(Default, Clone, Copy)]
@@ -154,6 +155,15 @@ fn column(
     declared: &str,
 ) -> std::result::Result<ColumnBuilder, sqlx::Error> {
     let n = rows.len();
+    if let Seen {
+        integer: true,
+        real: true,
+        text: false,
+        blob: false,
+    } = seen
+    {
+        return mixed_numbers(rows, i);
+    }
     let mut b = match seen {
         Seen { text: true, .. } => ColumnBuilder::Text(StringBuilder::new()),
         Seen { blob: true, .. } => ColumnBuilder::Binary(BinaryBuilder::new()),
@@ -180,6 +190,45 @@ fn column(
     }
     debug_assert_eq!(b.len(), n);
     Ok(b)
+}
+
+/// Integers and reals side by side: floats when every integer is within 2^53 (a float holds it
+/// exactly), else exact decimals — each integer as it is, each real by its shortest round-trip
+/// text — so `9007199254740993` never becomes `9007199254740992`.
+fn mixed_numbers(rows: &[SqliteRow], i: usize) -> std::result::Result<ColumnBuilder, sqlx::Error> {
+    let mut values = Vec::with_capacity(rows.len());
+    for row in rows {
+        let value = row.try_get_raw(i)?;
+        values.push(match (value.is_null(), value.type_info().name()) {
+            (true, _) => None,
+            (false, "INTEGER" | "BOOLEAN") => Some(Ok(row.try_get_unchecked::<i64, _>(i)?)),
+            _ => Some(Err(row.try_get_unchecked::<f64, _>(i)?)),
+        });
+    }
+    let exact_as_float = values
+        .iter()
+        .flatten()
+        .all(|v| v.as_ref().map_or(true, |n| n.unsigned_abs() <= 1 << 53));
+    if exact_as_float {
+        let mut b = Float64Builder::with_capacity(values.len());
+        for v in values {
+            b.append_option(v.map(|v| v.map_or_else(|f| f, |n| n as f64)));
+        }
+        return Ok(ColumnBuilder::Float64(b));
+    }
+    let mut decimals = Vec::with_capacity(values.len());
+    for v in values {
+        decimals.push(match v {
+            None => None,
+            Some(Ok(n)) => Some((i256::from_i128(n.into()), 0)),
+            Some(Err(f)) => Some(crate::snapshot::float_decimal(f).ok_or_else(|| {
+                sqlx::Error::Decode(
+                    format!("it holds integers beyond 2^53 beside the real {f}, which no exact decimal of 76 digits holds; cast the column in a `query`").into(),
+                )
+            })?),
+        });
+    }
+    Ok(ColumnBuilder::Decimal(decimals))
 }
 
 /// A value as text, whatever its storage class (numbers in a column that also holds text).

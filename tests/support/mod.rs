@@ -165,10 +165,16 @@ pub async fn mariadb(name: &str, script: &str) -> String {
 
 /// Run the `recon` binary; returns (exit code, stdout, stderr).
 pub fn recon(args: &[&str], dir: &Path) -> (i32, String, String) {
+    recon_env(args, dir, &[])
+}
+
+/// Run the `recon` binary with extra environment variables.
+pub fn recon_env(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_recon"))
         .args(args)
         .current_dir(dir)
         .env_remove("RECON_LOG")
+        .envs(env.iter().copied())
         .output()
         .expect("run recon");
     (
