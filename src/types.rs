@@ -64,7 +64,7 @@ pub fn common(s: &DataType, d: &DataType) -> Option<DataType> {
         }
         (a, b) if a.is_floating() && b.is_numeric() || b.is_floating() && a.is_numeric() => Float64,
         (a, b) if (is_decimal(a) || a.is_integer()) && (is_decimal(b) || b.is_integer()) => {
-            Decimal128(38, decimal_scale(a).max(decimal_scale(b)))
+            exact_common(a, b)
         }
         (a, b) if is_temporal(a) && is_temporal(b) => temporal(a, b),
         (a, b) if is_string(a) && is_temporal(b) => temporal(b, b),
@@ -76,6 +76,29 @@ pub fn common(s: &DataType, d: &DataType) -> Option<DataType> {
         }
         _ => return None,
     })
+}
+
+/// Integers and decimals meet at the larger scale, in 128 bits when both sides' integer digits
+/// still fit 38 digits at that scale, else in 256 bits (76 digits), so no value overflows.
+fn exact_common(a: &DataType, b: &DataType) -> DataType {
+    let digits = |t: &DataType| match t {
+        DataType::Decimal32(p, s)
+        | DataType::Decimal64(p, s)
+        | DataType::Decimal128(p, s)
+        | DataType::Decimal256(p, s) => (*p as i32 - *s as i32, *s as i32),
+        DataType::UInt64 => (20, 0),
+        _ => (19, 0),
+    };
+    let ((wa, sa), (wb, sb)) = (digits(a), digits(b));
+    let scale = sa.max(sb);
+    if wa.max(wb) + scale <= 38
+        && !matches!(a, DataType::Decimal256(..))
+        && !matches!(b, DataType::Decimal256(..))
+    {
+        DataType::Decimal128(38, scale as i8)
+    } else {
+        DataType::Decimal256(76, scale as i8)
+    }
 }
 
 fn temporal(a: &DataType, b: &DataType) -> DataType {
@@ -130,6 +153,15 @@ mod tests {
             Some(Decimal128(38, 2))
         );
         assert_eq!(common(&Int64, &Decimal128(10, 2)), Some(Decimal128(38, 2)));
+        // Snapshots hold decimals at precision 38: different scales meet in 256 bits.
+        assert_eq!(
+            common(&Decimal128(38, 0), &Decimal128(38, 10)),
+            Some(Decimal256(76, 10))
+        );
+        assert_eq!(
+            common(&Decimal256(76, 2), &Decimal128(38, 2)),
+            Some(Decimal256(76, 2))
+        );
         assert_eq!(common(&Decimal128(10, 2), &Float64), Some(Float64));
     }
 

@@ -13,10 +13,6 @@ fn job_text(url: &str, extra: &str) -> String {
     )
 }
 
-fn json(out: &str) -> serde_json::Value {
-    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
-}
-
 fn plan_summary(dir: &Path) -> serde_json::Value {
     let (code, out, err) = recon(&["plan", "job.toml", "-f", "json", "--limit", "0"], dir);
     assert_eq!(code, 0, "{err}");

@@ -54,10 +54,14 @@ pub async fn register(
         return Ok(());
     }
     let inferred = ctx.table(side.name()).await?.schema().as_arrow().clone();
+    // Numbers, and (CSV) text columns, which may be integers too big for 64 bits.
     let numeric: Vec<String> = inferred
         .fields()
         .iter()
-        .filter(|f| f.data_type().is_numeric())
+        .filter(|f| {
+            f.data_type().is_numeric()
+                || (format == FileFormat::Csv && f.data_type() == &DataType::Utf8)
+        })
         .map(|f| f.name().clone())
         .collect();
     if numeric.is_empty() {
@@ -76,6 +80,7 @@ pub async fn register(
     let mut fields = Vec::with_capacity(inferred.fields().len());
     for field in inferred.fields() {
         let data_type = match stats.get(field.name()) {
+            Some(s) if field.data_type() == &DataType::Utf8 && !s.big_integers() => DataType::Utf8,
             Some(s) => s.data_type().map_err(|message| {
                 read_error(
                     side,
@@ -244,6 +249,8 @@ fn header_names(line: &str) -> Vec<String> {
 pub struct NumberStats {
     /// Exponent notation, NaN or infinity: the column is a float column, as written.
     float: bool,
+    /// A value that is no plain number at all (a text column).
+    text: bool,
     /// A value with a decimal point.
     point: bool,
     /// Most digits after the point.
@@ -257,9 +264,16 @@ pub struct NumberStats {
 impl NumberStats {
     pub fn observe(&mut self, text: &str) {
         let t = text.trim();
-        let unsigned = t.trim_start_matches(['+', '-']);
-        if unsigned.is_empty() || !unsigned.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-            self.float = true;
+        let unsigned = t.strip_prefix(['+', '-']).unwrap_or(t);
+        let plain = !unsigned.is_empty()
+            && unsigned.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+            && unsigned.matches('.').count() <= 1
+            && unsigned != ".";
+        if !plain {
+            match t.parse::<f64>() {
+                Ok(_) => self.float = true,
+                Err(_) => self.text = true,
+            }
             return;
         }
         let (whole, fraction) = unsigned.split_once('.').unwrap_or((unsigned, ""));
@@ -269,6 +283,12 @@ impl NumberStats {
         if !unsigned.contains('.') && t.parse::<i64>().is_err() {
             self.beyond_i64 = true;
         }
+    }
+
+    /// A text column that holds only plain numbers, some of them integers past 64 bits (CSV
+    /// inference leaves those as text): read as decimals.
+    pub fn big_integers(&self) -> bool {
+        !self.text && !self.float && self.beyond_i64
     }
 
     /// The exact type for the column, or why there is none.

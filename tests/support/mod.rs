@@ -235,3 +235,68 @@ impl Paused {
         self.child.wait().expect("reap recon");
     }
 }
+
+/// Parse a command's JSON output.
+pub fn json(out: &str) -> Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+/// One integer from a query on a PostgreSQL database.
+pub async fn pg_count(url: &str, query: &str) -> i64 {
+    let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+    sqlx::query_scalar::<_, i64>(AssertSqlSafe(query.to_string()))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("{query}: {e}"))
+}
+
+/// Run statements on a PostgreSQL database.
+pub async fn pg_exec(url: &str, script: &str) {
+    let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+    sqlx::raw_sql(AssertSqlSafe(script.to_string()))
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("{script}: {e}"));
+}
+
+/// Rows of `a` not in `b` plus rows of `b` not in `a`, computed by PostgreSQL itself
+/// (`EXCEPT ALL` both ways): the independent check that two relations hold the same rows.
+pub async fn pg_difference(url: &str, a: &str, b: &str) -> i64 {
+    pg_count(
+        url,
+        &format!(
+            "SELECT (SELECT count(*) FROM (({a}) EXCEPT ALL ({b})) x) + (SELECT count(*) FROM (({b}) EXCEPT ALL ({a})) y)"
+        ),
+    )
+    .await
+}
+
+/// One value from a query on a SQLite file, as text (NULL as `None`).
+pub async fn sqlite_text(path: &Path, query: &str) -> Vec<Option<String>> {
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .connect()
+        .await
+        .expect("open sqlite");
+    sqlx::query_scalar::<_, Option<String>>(AssertSqlSafe(query.to_string()))
+        .fetch_all(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("{query}: {e}"))
+}
+
+/// `plan` must now find nothing to change: the destination converged.
+pub fn assert_plan_empty(dir: &Path, job: &str) {
+    let (code, out, err) = recon(&["plan", job, "-f", "json", "--limit", "5"], dir);
+    assert_eq!(code, 0, "{err}");
+    let doc = json(&out);
+    let s = &doc["summary"];
+    assert_eq!(
+        (
+            s["insert"].as_u64(),
+            s["update"].as_u64(),
+            s["delete"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0)),
+        "not converged: {doc}"
+    );
+}
