@@ -9,6 +9,7 @@ mod config;
 mod fidelity;
 mod files;
 mod incremental;
+mod mappings;
 mod mariadb;
 mod postgres;
 mod properties;

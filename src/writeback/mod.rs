@@ -386,7 +386,7 @@ fn mismatch_message(action: Action, found: u64) -> Option<String> {
         (Action::Update, 0) => {
             "no destination row has this key any more (deleted since the snapshot); nothing written".into()
         }
-        (_, 1) => "the destination row changed while it was being written; nothing written, the next run compares it again".into(),
+        (_, 1) => "the write changed no destination row (a trigger or rule skipped it, or the row changed meanwhile); the next run compares it again".into(),
         (_, n) if n == u64::MAX => "the write changed no row or several rows; nothing written".into(),
         (_, n) => format!("the key matches {n} destination rows ({COLLATION}); nothing written"),
     })
