@@ -144,8 +144,14 @@ async fn check(job: &Job, progress: &Progress) -> recon::Result<u8> {
         return Ok(0);
     }
     report::emit(&text, None)?;
-    for problem in &found.problems {
+    for problem in found.problems.iter().take(100) {
         print_error(problem);
+    }
+    if found.problems.len() > 100 {
+        print_problems::<String>(&[format!(
+            "… and {} more problems",
+            found.problems.len() - 100
+        )]);
     }
     Ok(1)
 }
@@ -187,13 +193,28 @@ fn may_carry_secret(meta: &tracing::Metadata<'_>) -> bool {
             .any(|f| matches!(f.name(), "value" | "line" | "password" | "url"))
 }
 
+/// Problems listed under an error: the first hundred, then how many more (a job file with
+/// thousands of bad mappings should not flood the terminal).
+#[allow(clippy::print_stderr)]
+fn print_problems<T: std::fmt::Display>(problems: &[T]) {
+    const SHOWN: usize = 100;
+    let mut text = String::new();
+    for p in problems.iter().take(SHOWN) {
+        text.push_str(&format!("  {p}\n"));
+    }
+    if problems.len() > SHOWN {
+        text.push_str(&format!("  … and {} more\n", problems.len() - SHOWN));
+    }
+    eprint!("{text}");
+}
+
 /// `error: …`, then each `caused by: …`, then `hint: …`, on stderr.
 #[allow(clippy::print_stderr)]
 fn print_error(error: &Error) {
     eprintln!("error: {error}");
     match error {
-        Error::InvalidJob(problems) => problems.iter().for_each(|p| eprintln!("  {p}")),
-        Error::Mapping(problems) => problems.iter().for_each(|p| eprintln!("  {p}")),
+        Error::InvalidJob(problems) => print_problems(problems),
+        Error::Mapping(problems) => print_problems(problems),
         _ => {}
     }
     let mut source = std::error::Error::source(error);

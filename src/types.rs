@@ -35,16 +35,6 @@ fn is_decimal(t: &DataType) -> bool {
     )
 }
 
-fn decimal_scale(t: &DataType) -> i8 {
-    match t {
-        DataType::Decimal32(_, s)
-        | DataType::Decimal64(_, s)
-        | DataType::Decimal128(_, s)
-        | DataType::Decimal256(_, s) => *s,
-        _ => 0,
-    }
-}
-
 /// The common type in which a source column of type `s` and a destination column of type `d`
 /// are compared, or `None` when they cannot be compared.
 pub fn common(s: &DataType, d: &DataType) -> Option<DataType> {

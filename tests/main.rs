@@ -13,4 +13,5 @@ mod mappings;
 mod mariadb;
 mod postgres;
 mod properties;
+mod secrets;
 mod sqlite;

@@ -225,22 +225,22 @@ impl File<'_> {
 
 /// Split a CSV header line into names (quotes and doubled quotes understood).
 fn header_names(line: &str) -> Vec<String> {
-    let mut names = vec![String::new()];
+    let mut names = Vec::new();
+    let mut name = String::new();
     let mut quoted = false;
     let mut chars = line.chars().peekable();
     while let Some(c) = chars.next() {
         match (quoted, c) {
             (true, '"') if chars.peek() == Some(&'"') => {
                 chars.next();
-                names.last_mut().map(|n| n.push('"'));
+                name.push('"');
             }
             (_, '"') => quoted = !quoted,
-            (false, ',') => names.push(String::new()),
-            (_, c) => {
-                names.last_mut().map(|n| n.push(c));
-            }
+            (false, ',') => names.push(std::mem::take(&mut name)),
+            (_, c) => name.push(c),
         }
     }
+    names.push(name);
     names
 }
 

@@ -199,7 +199,7 @@ async fn declared_types(
     conn: &mut SqliteConnection,
     table: &str,
 ) -> Result<std::collections::HashMap<String, String>> {
-    let pragma = format!("SELECT name, type FROM pragma_table_xinfo(?)");
+    let pragma = "SELECT name, type FROM pragma_table_xinfo(?)";
     let name = table
         .rsplit('.')
         .next()
