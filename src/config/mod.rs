@@ -2,7 +2,12 @@
 //! from the environment, and checks every key and value without touching disk (beyond reading the
 //! file itself) or network; every problem is collected and returned at once, each with its line.
 
+mod mapping;
 mod parse;
+mod urls;
+mod values;
+
+pub use urls::{is_secret_parameter, redact};
 
 use std::path::{Path, PathBuf};
 
@@ -179,89 +184,5 @@ pub(crate) fn folder_of(file: &Path) -> PathBuf {
     match file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
-    }
-}
-
-/// Hide every credential in a url: the password of `scheme://user:password@host` and the value
-/// of every query parameter whose name says it carries a secret (`password`, `sslpassword`,
-/// `sslkey`, `token`, `secret`, `auth`, `api_key`, …) become `***`. The userinfo ends at the
-/// *last* `@`, so a password holding an unencoded `/`, `?`, `#` or `@` is hidden whole.
-pub fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return redact_query(url);
-    };
-    let (head, rest) = url.split_at(scheme_end + 3);
-    let Some(at) = rest.rfind('@') else {
-        return format!("{head}{}", redact_query(rest));
-    };
-    let (userinfo, after) = rest.split_at(at);
-    let userinfo = match userinfo.find(':') {
-        Some(colon) => format!("{}:***", &userinfo[..colon]),
-        None => userinfo.to_string(),
-    };
-    format!("{head}{userinfo}{}", redact_query(after))
-}
-
-/// Whether a url parameter name carries a secret.
-pub fn is_secret_parameter(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    [
-        "pass",
-        "pwd",
-        "secret",
-        "token",
-        "key",
-        "auth",
-        "credential",
-        "signature",
-    ]
-    .iter()
-    .any(|s| name.contains(s))
-}
-
-/// `…?user=a&password=x` → `…?user=a&password=***`.
-fn redact_query(text: &str) -> String {
-    let Some(q) = text.find('?') else {
-        return text.to_string();
-    };
-    let (base, query) = text.split_at(q + 1);
-    let parts: Vec<String> = query
-        .split('&')
-        .map(|part| match part.split_once('=') {
-            Some((name, _)) if is_secret_parameter(name) => format!("{name}=***"),
-            _ => part.to_string(),
-        })
-        .collect();
-    format!("{base}{}", parts.join("&"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redact_hides_only_the_password() {
-        assert_eq!(
-            redact("postgres://app:s3cret@db:5432/dw"),
-            "postgres://app:***@db:5432/dw"
-        );
-        assert_eq!(redact("postgres://db/dw"), "postgres://db/dw");
-        assert_eq!(redact("mysql://root@h/x"), "mysql://root@h/x");
-    }
-
-    #[test]
-    fn redact_hides_url_parameters_and_odd_passwords() {
-        assert_eq!(
-            redact("postgres://app@db/dw?sslmode=require&password=s3cret&sslpassword=k"),
-            "postgres://app@db/dw?sslmode=require&password=***&sslpassword=***"
-        );
-        assert_eq!(
-            redact("postgres://app:pa/ss?w#rd@db:5432/dw"),
-            "postgres://app:***@db:5432/dw"
-        );
-        assert_eq!(
-            redact("http://h/x?api_token=abc&page=2"),
-            "http://h/x?api_token=***&page=2"
-        );
     }
 }

@@ -4,17 +4,17 @@
 
 use std::path::{Path, PathBuf};
 
-use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+use super::values::{
+    expand, header_line_offset, max_changes, parse_lag, positive_integer, strip_lines,
+};
 use super::{
-    ColumnPair, Cursor, Endpoint, FileFormat, Job, Lag, Location, MaxChanges, Relation,
-    WriteOptions, folder_of,
+    ColumnPair, Cursor, Endpoint, FileFormat, Job, Lag, Location, Relation, WriteOptions, folder_of,
 };
 use crate::error::{Problem, Side};
 
 type Table<'i> = DeTable<'i>;
-type Value<'i> = Spanned<DeValue<'i>>;
 
 const TOP_KEYS: &[&str] = &[
     "name",
@@ -29,57 +29,6 @@ const TOP_KEYS: &[&str] = &[
 const ENDPOINT_KEYS: &[&str] = &["url", "table", "query", "id", "cursor", "lag", "http"];
 const WRITE_KEYS: &[&str] = &["deletes", "max_changes", "batch_size", "persistent_after"];
 const STATE_KEYS: &[&str] = &["url"];
-/// Connection-url parameters the PostgreSQL driver understands.
-const POSTGRES_PARAMETERS: &[&str] = &[
-    "sslmode",
-    "ssl-mode",
-    "sslrootcert",
-    "ssl-root-cert",
-    "ssl-ca",
-    "sslcert",
-    "ssl-cert",
-    "sslkey",
-    "ssl-key",
-    "statement-cache-capacity",
-    "host",
-    "hostaddr",
-    "port",
-    "dbname",
-    "user",
-    "password",
-    "application_name",
-    "options",
-];
-/// Connection-url parameters the MySQL/MariaDB driver understands.
-const MYSQL_PARAMETERS: &[&str] = &[
-    "sslmode",
-    "ssl-mode",
-    "sslca",
-    "ssl-ca",
-    "charset",
-    "collation",
-    "sslcert",
-    "ssl-cert",
-    "sslkey",
-    "ssl-key",
-    "statement-cache-capacity",
-    "socket",
-    "timezone",
-    "time-zone",
-];
-
-fn known_names(url: &str) -> &'static [&'static str] {
-    if url.to_ascii_lowercase().starts_with("postgres") {
-        POSTGRES_PARAMETERS
-    } else {
-        MYSQL_PARAMETERS
-    }
-}
-
-fn known_list(names: &[&str]) -> String {
-    names.join(", ")
-}
-
 /// Collects problems while walking the document.
 struct Walker<'a> {
     file: PathBuf,
@@ -300,11 +249,11 @@ impl Walker<'_> {
     fn location(&mut self, url: &str, at: usize, prefix: &str) -> Option<Location> {
         let lower = url.to_ascii_lowercase();
         if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
-            self.url_parameters(url, POSTGRES_PARAMETERS, at, prefix);
+            self.url_parameters(url, at, prefix);
             return Some(Location::Postgres(url.to_string()));
         }
         if lower.starts_with("mysql://") || lower.starts_with("mariadb://") {
-            self.url_parameters(url, MYSQL_PARAMETERS, at, prefix);
+            self.url_parameters(url, at, prefix);
             let rest = &url[url.find("://").unwrap_or(0)..];
             return Some(Location::Mysql(format!("mysql{rest}")));
         }
@@ -342,32 +291,10 @@ impl Walker<'_> {
         Some(Location::File(self.resolve(path), format))
     }
 
-    /// Refuse url parameters the driver does not know before it sees them: the driver would log
-    /// (or silently drop) them with their values, and a misspelt `sslmode` would go unnoticed.
-    /// Only the parameter's name is shown, never its value.
-    fn url_parameters(&mut self, url: &str, known: &[&str], at: usize, prefix: &str) {
-        let after_userinfo = url.rfind('@').map_or(url, |i| &url[i..]);
-        let Some((_, query)) = after_userinfo.split_once('?') else {
-            return;
-        };
-        for part in query.split('&').filter(|p| !p.is_empty()) {
-            let name = part.split_once('=').map_or(part, |(n, _)| n);
-            let known = known.contains(&name)
-                || (name.starts_with("options[") && known.contains(&"options"));
-            if !known {
-                let shown = if super::is_secret_parameter(name) || name.len() > 40 {
-                    "…"
-                } else {
-                    name
-                };
-                self.problem(
-                    at,
-                    format!(
-                        "`{prefix}url`: unknown connection parameter `{shown}` (known: {})",
-                        known_list(known_names(url))
-                    ),
-                );
-            }
+    /// Refuse url parameters the driver does not know (see [`super::urls`]).
+    fn url_parameters(&mut self, url: &str, at: usize, prefix: &str) {
+        for message in super::urls::unknown_parameters(url) {
+            self.problem(at, format!("`{prefix}url`: {message}"));
         }
     }
 
@@ -445,48 +372,16 @@ impl Walker<'_> {
         Some(pairs)
     }
 
-    /// Mappings that would overwrite the wrong data: one destination column fed by two source
-    /// columns (the last write would win), and a compared column that is a destination key column
-    /// (`apply` would rewrite keys). Both lines are named.
+    /// Mappings that would overwrite the wrong data (see [`super::mapping`]).
     fn check_mapping(
         &mut self,
         keys: &[(ColumnPair, usize)],
         compare: Option<&[(ColumnPair, usize)]>,
     ) {
-        use std::collections::HashMap;
-        for (section, pairs) in [("match", keys), ("compare", compare.unwrap_or_default())] {
-            let mut seen: HashMap<&str, (&str, usize)> = HashMap::new();
-            for (pair, at) in pairs {
-                match seen.get(pair.destination.as_str()) {
-                    Some((first, first_at)) => {
-                        let message = format!(
-                            "`{section}.{}` and `{section}.{first}` (line {}) both map to destination column `{}`: one destination column takes one source column",
-                            pair.source,
-                            self.line_of(*first_at),
-                            pair.destination
-                        );
-                        self.problem(*at, message);
-                    }
-                    None => {
-                        seen.insert(&pair.destination, (&pair.source, *at));
-                    }
-                }
-            }
-        }
-        let key_lines: HashMap<&str, (&str, usize)> = keys
-            .iter()
-            .map(|(p, at)| (p.destination.as_str(), (p.source.as_str(), *at)))
-            .collect();
-        for (pair, at) in compare.unwrap_or_default() {
-            if let Some((key, key_at)) = key_lines.get(pair.destination.as_str()) {
-                let message = format!(
-                    "`compare.{}` maps onto destination key column `{}` (`match.{key}`, line {}): apply would rewrite keys; a key column is matched, never compared",
-                    pair.source,
-                    pair.destination,
-                    self.line_of(*key_at)
-                );
-                self.problem(*at, message);
-            }
+        let found =
+            super::mapping::clashes(keys, compare.unwrap_or_default(), &|at| self.line_of(at));
+        for (at, message) in found {
+            self.problem(at, message);
         }
     }
 
@@ -546,113 +441,8 @@ impl Walker<'_> {
         if let Some((url, at)) = &url
             && url.to_ascii_lowercase().starts_with("postgres")
         {
-            self.url_parameters(url, POSTGRES_PARAMETERS, *at, "state.");
+            self.url_parameters(url, *at, "state.");
         }
         url.map_or_else(default, |(v, _)| v)
     }
-}
-
-fn strip_lines(pairs: Vec<(ColumnPair, usize)>) -> Vec<ColumnPair> {
-    pairs.into_iter().map(|(p, _)| p).collect()
-}
-
-fn parse_lag(v: &Value) -> Option<Lag> {
-    match v.get_ref() {
-        DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
-            .ok()
-            .filter(|n| *n >= 0)
-            .map(Lag::Number),
-        DeValue::String(s) => {
-            let s = s.trim();
-            let split = s.find(|c: char| !c.is_ascii_digit())?;
-            let (n, unit) = s.split_at(split);
-            let n: i64 = n.parse().ok()?;
-            let seconds = match unit.trim() {
-                "s" => 1,
-                "m" => 60,
-                "h" => 3600,
-                "d" => 86_400,
-                _ => return None,
-            };
-            Some(Lag::Micros(n.checked_mul(seconds)?.checked_mul(1_000_000)?))
-        }
-        _ => None,
-    }
-}
-
-fn positive_integer(v: &Value) -> Option<u64> {
-    match v.get_ref() {
-        DeValue::Integer(i) => u64::from_str_radix(i.as_str(), i.radix())
-            .ok()
-            .filter(|n| *n > 0),
-        _ => None,
-    }
-}
-
-fn max_changes(v: &Value) -> Option<MaxChanges> {
-    if let Some(n) = positive_integer(v) {
-        return Some(MaxChanges::Rows(n));
-    }
-    let DeValue::String(s) = v.get_ref() else {
-        return None;
-    };
-    let s = s.trim();
-    if let Some(p) = s.strip_suffix('%') {
-        let p: f64 = p.trim().parse().ok()?;
-        return (p > 0.0 && p <= 100.0).then_some(MaxChanges::Percent(p));
-    }
-    s.parse::<u64>()
-        .ok()
-        .filter(|n| *n > 0)
-        .map(MaxChanges::Rows)
-}
-
-/// Byte offset of a `[name]` header line, or 0 when the table is inline or absent.
-fn header_line_offset(text: &str, name: &str) -> usize {
-    let header = format!("[{name}]");
-    let mut offset = 0;
-    for line in text.split_inclusive('\n') {
-        if line.trim_start().starts_with(&header) {
-            return offset;
-        }
-        offset += line.len();
-    }
-    0
-}
-
-/// Expand `${VAR}` and `${VAR:-default}` from `env`; `$$` is a literal `$`.
-pub(crate) fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(pos) = rest.find('$') {
-        out.push_str(&rest[..pos]);
-        let after = &rest[pos + 1..];
-        if let Some(tail) = after.strip_prefix('$') {
-            out.push('$');
-            rest = tail;
-        } else if let Some(body) = after.strip_prefix('{') {
-            let end = body.find('}').ok_or_else(|| {
-                "`${` without a closing `}` (write `$$` for a literal `$`)".to_string()
-            })?;
-            let (name, default) = match body[..end].split_once(":-") {
-                Some((n, d)) => (n, Some(d)),
-                None => (&body[..end], None),
-            };
-            match (env(name), default) {
-                (Some(v), _) => out.push_str(&v),
-                (None, Some(d)) => out.push_str(d),
-                (None, None) => {
-                    return Err(format!(
-                        "environment variable `{name}` is not set (export it, or write `${{{name}:-default}}`)"
-                    ));
-                }
-            }
-            rest = &body[end + 1..];
-        } else {
-            out.push('$');
-            rest = after;
-        }
-    }
-    out.push_str(rest);
-    Ok(out)
 }

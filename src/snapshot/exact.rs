@@ -1,135 +1,17 @@
-//! A snapshot: the rows of one side as Arrow record batches, and the column builders the
-//! database connectors fill. Builders keep values exact (decimals as mantissa + scale, timestamps
-//! in microseconds with their zone); batches whose types differ (a SQLite column holding integers
-//! in one batch and reals in the next, a numeric column whose scale grows) are widened to one
-//! schema by [`unify`].
+//! Exact numbers across batches: building a decimal column at one scale (128 bits while 38
+//! digits reach, 256 bits up to 76), and widening one column's batches to one type without loss —
+//! integers and decimals meet as decimals, floats beside integers stay floats only while every
+//! integer is within 2^53. Casts never turn a value that does not fit into NULL; what cannot be
+//! held exactly is an error naming the column.
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{
-    ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Array,
-    Decimal256Array, Float32Builder, Float64Builder, Int16Builder, Int32Builder, Int64Builder,
-    NullArray, StringBuilder, Time64MicrosecondBuilder, TimestampMicrosecondBuilder,
-};
+use datafusion::arrow::array::{ArrayRef, Decimal128Array, Decimal256Array};
 use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, i256};
 use datafusion::arrow::record_batch::RecordBatch;
 
-/// Rows per record batch produced by the database connectors.
-pub const BATCH_ROWS: usize = 8192;
-
-/// One side's rows.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    pub schema: SchemaRef,
-    pub batches: Vec<RecordBatch>,
-}
-
-impl Snapshot {
-    pub fn rows(&self) -> usize {
-        self.batches.iter().map(|b| b.num_rows()).sum()
-    }
-
-    /// Widen the batches to one schema (see [`unify`]). Connectors always pass at least one
-    /// batch, empty when the side has no rows, so that the column names and types are known.
-    pub fn from_batches(batches: Vec<RecordBatch>) -> std::result::Result<Snapshot, ColumnError> {
-        let mut batches = batches;
-        if batches.len() > 1 {
-            batches.retain(|b| b.num_rows() > 0);
-        }
-        if batches.is_empty() {
-            return Err(ColumnError {
-                column: String::new(),
-                message: "internal error (this is a bug in recon): a snapshot without a schema"
-                    .into(),
-            });
-        }
-        let (schema, batches) = unify(batches)?;
-        Ok(Snapshot { schema, batches })
-    }
-}
-
-/// A column being filled row by row.
-pub enum ColumnBuilder {
-    Null(usize),
-    Bool(BooleanBuilder),
-    Int16(Int16Builder),
-    Int32(Int32Builder),
-    Int64(Int64Builder),
-    Float32(Float32Builder),
-    Float64(Float64Builder),
-    /// Mantissa and scale per value; the batch takes the largest scale, as a 128-bit decimal
-    /// when every value fits 38 digits, else a 256-bit one (76 digits).
-    Decimal(Vec<Option<(i256, u32)>>),
-    Text(StringBuilder),
-    Binary(BinaryBuilder),
-    Date(Date32Builder),
-    /// Microseconds since the epoch; `Some(zone)` for zoned timestamps.
-    Timestamp(TimestampMicrosecondBuilder, Option<Arc<str>>),
-    Time(Time64MicrosecondBuilder),
-}
-
-impl ColumnBuilder {
-    pub fn len(&self) -> usize {
-        match self {
-            ColumnBuilder::Null(n) => *n,
-            ColumnBuilder::Bool(b) => b.len(),
-            ColumnBuilder::Int16(b) => b.len(),
-            ColumnBuilder::Int32(b) => b.len(),
-            ColumnBuilder::Int64(b) => b.len(),
-            ColumnBuilder::Float32(b) => b.len(),
-            ColumnBuilder::Float64(b) => b.len(),
-            ColumnBuilder::Decimal(v) => v.len(),
-            ColumnBuilder::Text(b) => b.len(),
-            ColumnBuilder::Binary(b) => b.len(),
-            ColumnBuilder::Date(b) => b.len(),
-            ColumnBuilder::Timestamp(b, _) => b.len(),
-            ColumnBuilder::Time(b) => b.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Append a NULL, whatever the type.
-    pub fn push_null(&mut self) {
-        match self {
-            ColumnBuilder::Null(n) => *n += 1,
-            ColumnBuilder::Bool(b) => b.append_null(),
-            ColumnBuilder::Int16(b) => b.append_null(),
-            ColumnBuilder::Int32(b) => b.append_null(),
-            ColumnBuilder::Int64(b) => b.append_null(),
-            ColumnBuilder::Float32(b) => b.append_null(),
-            ColumnBuilder::Float64(b) => b.append_null(),
-            ColumnBuilder::Decimal(v) => v.push(None),
-            ColumnBuilder::Text(b) => b.append_null(),
-            ColumnBuilder::Binary(b) => b.append_null(),
-            ColumnBuilder::Date(b) => b.append_null(),
-            ColumnBuilder::Timestamp(b, _) => b.append_null(),
-            ColumnBuilder::Time(b) => b.append_null(),
-        }
-    }
-
-    /// Build the Arrow array; an error says what does not fit (the caller names the column).
-    pub fn finish(self) -> std::result::Result<ArrayRef, String> {
-        Ok(match self {
-            ColumnBuilder::Null(n) => Arc::new(NullArray::new(n)),
-            ColumnBuilder::Bool(mut b) => Arc::new(b.finish()),
-            ColumnBuilder::Int16(mut b) => Arc::new(b.finish()),
-            ColumnBuilder::Int32(mut b) => Arc::new(b.finish()),
-            ColumnBuilder::Int64(mut b) => Arc::new(b.finish()),
-            ColumnBuilder::Float32(mut b) => Arc::new(b.finish()),
-            ColumnBuilder::Float64(mut b) => Arc::new(b.finish()),
-            ColumnBuilder::Decimal(values) => finish_decimal(values)?,
-            ColumnBuilder::Text(mut b) => Arc::new(b.finish()),
-            ColumnBuilder::Binary(mut b) => Arc::new(b.finish()),
-            ColumnBuilder::Date(mut b) => Arc::new(b.finish()),
-            ColumnBuilder::Timestamp(mut b, zone) => Arc::new(b.finish().with_timezone_opt(zone)),
-            ColumnBuilder::Time(mut b) => Arc::new(b.finish()),
-        })
-    }
-}
+use super::ColumnError;
 
 /// Digits a 128-bit and a 256-bit Arrow decimal hold.
 const DIGITS_128: u32 = 38;
@@ -186,40 +68,6 @@ pub fn rescale(mantissa: i256, from: u32, to: u32) -> Option<i256> {
         .checked_pow(to - from)
         .and_then(|f| mantissa.checked_mul(f))
         .filter(|v| v.wrapping_abs() < i256::from_i128(10).wrapping_pow(DIGITS_256))
-}
-
-/// A value of one column that a snapshot cannot hold as it is; the column is named.
-#[derive(Debug, thiserror::Error)]
-#[error("column `{column}`: {message}")]
-pub struct ColumnError {
-    pub column: String,
-    pub message: String,
-}
-
-/// Build a record batch from named builders.
-pub fn batch(
-    names: &[String],
-    columns: Vec<ColumnBuilder>,
-) -> std::result::Result<RecordBatch, ColumnError> {
-    let arrays = names
-        .iter()
-        .zip(columns)
-        .map(|(name, c)| {
-            c.finish().map_err(|message| ColumnError {
-                column: name.clone(),
-                message,
-            })
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    let fields: Vec<Field> = names
-        .iter()
-        .zip(&arrays)
-        .map(|(n, a)| Field::new(n, a.data_type().clone(), true))
-        .collect();
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).map_err(|e| ColumnError {
-        column: names.first().cloned().unwrap_or_default(),
-        message: format!("building a batch: {e}"),
-    })
 }
 
 /// The type that holds values of both `a` and `b`, for merging batches of one column (exact

@@ -11,15 +11,13 @@
 //! on different machines sharing that state also exclude each other).
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions, TryLockError};
-use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::postgres::PgConnection;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode};
-use sqlx::{ConnectOptions, Connection, Row};
+use sqlx::sqlite::SqliteConnection;
+use sqlx::{Connection, Row};
 
 use crate::config::Job;
 use crate::error::{Error, Result};
@@ -62,11 +60,19 @@ enum Store {
 macro_rules! on_store {
     ($store:expr, $conn:ident => $body:expr) => {
         match $store {
-            Store::Sqlite($conn) => $body,
-            Store::Postgres($conn) => $body,
+            $crate::state::Store::Sqlite($conn) => $body,
+            $crate::state::Store::Postgres($conn) => $body,
         }
     };
 }
+
+mod lock;
+mod open;
+mod owner;
+
+pub use lock::{Lock, create_private_dir};
+pub use open::probe;
+use open::{open_postgres, open_sqlite};
 
 /// One recorded run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -150,54 +156,6 @@ impl State {
         };
         state.claim(job).await?;
         Ok(state)
-    }
-
-    /// Record this job file as the owner of the job's name, refusing a second job file that uses
-    /// the same `name` while the first still exists on this machine (it would share the first's
-    /// state and watermark). A job file that moved, or that another machine runs against a shared
-    /// PostgreSQL store, takes the name over.
-    async fn claim(&mut self, job: &Job) -> Result<()> {
-        let file = std::fs::canonicalize(&job.file)
-            .unwrap_or_else(|_| job.file.clone())
-            .display()
-            .to_string();
-        let host = hostname();
-        let name = self.job.clone();
-        let owner: Option<(String, String)> = on_store!(&mut self.store, conn => {
-            sqlx::query_as("SELECT file, host FROM jobs WHERE job = $1")
-                .bind(&name)
-                .fetch_optional(&mut *conn)
-                .await
-        })
-        .map_err(store_error(&self.path))?;
-        if let Some((other, other_host)) = &owner {
-            if *other == file {
-                return Ok(());
-            }
-            if *other_host == host && Path::new(other).is_file() {
-                return Err(Error::NameClash {
-                    job: name,
-                    file: PathBuf::from(file),
-                    other: PathBuf::from(other),
-                    store: self.path.clone(),
-                });
-            }
-        }
-        let now = now();
-        on_store!(&mut self.store, conn => {
-            sqlx::query(
-                "INSERT INTO jobs (job, file, host, updated_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (job) DO UPDATE SET file = excluded.file, host = excluded.host, updated_at = excluded.updated_at",
-            )
-            .bind(&name)
-            .bind(&file)
-            .bind(&host)
-            .bind(&now)
-            .execute(&mut *conn)
-            .await
-            .map(|_| ())
-        })
-        .map_err(store_error(&self.path))
     }
 
     /// The job's state value without creating a state store that does not exist yet.
@@ -477,185 +435,7 @@ impl State {
     }
 }
 
-async fn open_sqlite(path: &Path) -> Result<SqliteConnection> {
-    if let Some(dir) = path.parent() {
-        create_private_dir(dir)?;
-    }
-    create_private(path)?;
-    let mut conn = SqliteConnectOptions::new()
-        .filename(path)
-        .journal_mode(SqliteJournalMode::Wal)
-        .busy_timeout(std::time::Duration::from_secs(10))
-        .connect()
-        .await
-        .map_err(store_error(path))?;
-    if let Err(e) = SQLITE_MIGRATOR.run(&mut conn).await {
-        return Err(Error::State {
-            path: path.to_path_buf(),
-            source: Box::new(e),
-        });
-    }
-    Ok(conn)
-}
-
-/// Connect with `search_path = recon` (created if missing) so recon's tables never meet the
-/// database's own.
-async fn open_postgres(url: &str, shown: &Path) -> Result<PgConnection> {
-    let err = store_error(shown);
-    let options = crate::connect::pg_options(url).map_err(&err)?;
-    let mut conn = options
-        .application_name("recon state")
-        .connect()
-        .await
-        .map_err(&err)?;
-    sqlx::raw_sql("CREATE SCHEMA IF NOT EXISTS recon; SET search_path = recon")
-        .execute(&mut conn)
-        .await
-        .map_err(&err)?;
-    if let Err(e) = POSTGRES_MIGRATOR.run(&mut conn).await {
-        return Err(Error::State {
-            path: shown.to_path_buf(),
-            source: Box::new(e),
-        });
-    }
-    Ok(conn)
-}
-
-/// Check that the job's state store can be reached, writing nothing; returns a line describing it.
-pub async fn probe(job: &Job) -> Result<String> {
-    match state_location(job) {
-        StateLocation::Postgres(url) => {
-            let shown = PathBuf::from(crate::config::redact(&url));
-            let options = crate::connect::pg_options(&url).map_err(store_error(&shown))?;
-            let mut conn = options.connect().await.map_err(store_error(&shown))?;
-            sqlx::query("SELECT 1")
-                .execute(&mut conn)
-                .await
-                .map_err(store_error(&shown))?;
-            Ok(format!("state store: {} (schema recon)", shown.display()))
-        }
-        StateLocation::Sqlite(path) if path.exists() => {
-            let mut conn = SqliteConnectOptions::new()
-                .filename(&path)
-                .read_only(true)
-                .connect()
-                .await
-                .map_err(store_error(&path))?;
-            sqlx::query("SELECT count(*) FROM sqlite_master")
-                .execute(&mut conn)
-                .await
-                .map_err(store_error(&path))?;
-            Ok(format!("state store: {}", path.display()))
-        }
-        StateLocation::Sqlite(path) => {
-            let mut folder = path.parent().map(Path::to_path_buf);
-            while let Some(dir) = folder.clone().filter(|d| !d.exists()) {
-                folder = dir.parent().map(Path::to_path_buf);
-            }
-            let writable = folder
-                .as_ref()
-                .and_then(|d| std::fs::metadata(d).ok())
-                .is_some_and(|m| m.is_dir() && !m.permissions().readonly());
-            if !writable {
-                return Err(Error::Io {
-                    path: path.clone(),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::PermissionDenied,
-                        "the state store's folder cannot be created or written",
-                    ),
-                });
-            }
-            Ok(format!(
-                "state store: {} (created by the first apply)",
-                path.display()
-            ))
-        }
-    }
-}
-
-/// Create a folder (and its missing parents) with mode 0700 whatever the umask, so the state
-/// store, locks and failed rows are readable by their owner only.
-pub fn create_private_dir(dir: &Path) -> Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir).map_err(io_error(dir))
-}
-
-/// Create the file with mode 0600 if it does not exist, so secrets in state stay private.
-fn create_private(path: &Path) -> Result<()> {
-    let mut options = OpenOptions::new();
-    options.write(true).create(true).truncate(false);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path).map(|_| ()).map_err(io_error(path))
-}
-
-/// This machine's name, to tell a job file elsewhere from one here that shares a name
-/// (`RECON_HOSTNAME` overrides it, e.g. for containers that share one host name).
-fn hostname() -> String {
-    if let Ok(name) = std::env::var("RECON_HOSTNAME") {
-        return name;
-    }
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default()
-}
-
 /// The current time, RFC 3339 in UTC.
 pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-/// An exclusive, per-job lock held by `apply` (a file beside the state store, locked with the
-/// operating system's advisory lock, so it is released when the holder dies however it dies).
-pub struct Lock {
-    _file: File,
-}
-
-impl Lock {
-    pub fn acquire(job: &Job) -> Result<Lock> {
-        let dir = state_location(job).lock_folder(job);
-        create_private_dir(&dir)?;
-        let path = dir.join(format!("{}.lock", sanitize(&job.name)));
-        let mut options = OpenOptions::new();
-        options.read(true).write(true).create(true).truncate(false);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(&path).map_err(io_error(&path))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                return Err(Error::Locked {
-                    job: job.name.clone(),
-                    holder: holder.trim().to_string(),
-                    path,
-                });
-            }
-            Err(TryLockError::Error(e)) => return Err(io_error(&path)(e)),
-        }
-        let note = format!("pid {} since {}", std::process::id(), now());
-        let written = file
-            .set_len(0)
-            .and_then(|_| file.rewind())
-            .and_then(|_| file.write_all(note.as_bytes()));
-        written.map_err(io_error(&path))?;
-        Ok(Lock { _file: file })
-    }
-}
-
-fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }

@@ -1,0 +1,109 @@
+//! Opening a state store: the SQLite file (created 0600, WAL, migrated) or the PostgreSQL schema
+//! `recon`; and `probe`, which reaches it for `recon check` without writing.
+
+use std::path::{Path, PathBuf};
+
+use sqlx::ConnectOptions;
+use sqlx::postgres::PgConnection;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode};
+
+use super::lock::{create_private, create_private_dir};
+use super::{POSTGRES_MIGRATOR, SQLITE_MIGRATOR, StateLocation, state_location, store_error};
+use crate::config::Job;
+use crate::error::{Error, Result};
+
+pub(super) async fn open_sqlite(path: &Path) -> Result<SqliteConnection> {
+    if let Some(dir) = path.parent() {
+        create_private_dir(dir)?;
+    }
+    create_private(path)?;
+    let mut conn = SqliteConnectOptions::new()
+        .filename(path)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(std::time::Duration::from_secs(10))
+        .connect()
+        .await
+        .map_err(store_error(path))?;
+    if let Err(e) = SQLITE_MIGRATOR.run(&mut conn).await {
+        return Err(Error::State {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        });
+    }
+    Ok(conn)
+}
+
+/// Connect with `search_path = recon` (created if missing) so recon's tables never meet the
+/// database's own.
+pub(super) async fn open_postgres(url: &str, shown: &Path) -> Result<PgConnection> {
+    let err = store_error(shown);
+    let options = crate::connect::pg_options(url).map_err(&err)?;
+    let mut conn = options
+        .application_name("recon state")
+        .connect()
+        .await
+        .map_err(&err)?;
+    sqlx::raw_sql("CREATE SCHEMA IF NOT EXISTS recon; SET search_path = recon")
+        .execute(&mut conn)
+        .await
+        .map_err(&err)?;
+    if let Err(e) = POSTGRES_MIGRATOR.run(&mut conn).await {
+        return Err(Error::State {
+            path: shown.to_path_buf(),
+            source: Box::new(e),
+        });
+    }
+    Ok(conn)
+}
+
+/// Check that the job's state store can be reached, writing nothing; returns a line describing it.
+pub async fn probe(job: &Job) -> Result<String> {
+    match state_location(job) {
+        StateLocation::Postgres(url) => {
+            let shown = PathBuf::from(crate::config::redact(&url));
+            let options = crate::connect::pg_options(&url).map_err(store_error(&shown))?;
+            let mut conn = options.connect().await.map_err(store_error(&shown))?;
+            sqlx::query("SELECT 1")
+                .execute(&mut conn)
+                .await
+                .map_err(store_error(&shown))?;
+            Ok(format!("state store: {} (schema recon)", shown.display()))
+        }
+        StateLocation::Sqlite(path) if path.exists() => {
+            let mut conn = SqliteConnectOptions::new()
+                .filename(&path)
+                .read_only(true)
+                .connect()
+                .await
+                .map_err(store_error(&path))?;
+            sqlx::query("SELECT count(*) FROM sqlite_master")
+                .execute(&mut conn)
+                .await
+                .map_err(store_error(&path))?;
+            Ok(format!("state store: {}", path.display()))
+        }
+        StateLocation::Sqlite(path) => {
+            let mut folder = path.parent().map(Path::to_path_buf);
+            while let Some(dir) = folder.clone().filter(|d| !d.exists()) {
+                folder = dir.parent().map(Path::to_path_buf);
+            }
+            let writable = folder
+                .as_ref()
+                .and_then(|d| std::fs::metadata(d).ok())
+                .is_some_and(|m| m.is_dir() && !m.permissions().readonly());
+            if !writable {
+                return Err(Error::Io {
+                    path: path.clone(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        "the state store's folder cannot be created or written",
+                    ),
+                });
+            }
+            Ok(format!(
+                "state store: {} (created by the first apply)",
+                path.display()
+            ))
+        }
+    }
+}
