@@ -26,8 +26,14 @@ impl CheckReport {
 }
 
 pub async fn check(job: &Job, progress: &Progress) -> CheckReport {
-    let ctx = diff::session();
     let mut report = CheckReport::default();
+    let ctx = match crate::engine::session(job) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            report.problems.push(e);
+            return report;
+        }
+    };
     let (source, destination) = tokio::join!(
         connect::register(&ctx, &job.source, Some(SAMPLE_ROWS), progress, None),
         connect::register(&ctx, &job.destination, Some(SAMPLE_ROWS), progress, None),

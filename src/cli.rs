@@ -32,6 +32,15 @@ pub struct Cli {
     /// Never show progress bars (they are already hidden when stderr is not a terminal)
     #[arg(long, global = true)]
     pub no_progress: bool,
+
+    /// Memory budget for this run (e.g. 512MB, 2GB); beyond it, sorts and joins spill to disk.
+    /// Overrides `[engine] memory_limit`; default: a quarter of the machine's memory
+    #[arg(long, global = true, value_name = "SIZE", value_parser = parse_size)]
+    pub memory_limit: Option<u64>,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    crate::engine::parse_size(s).ok_or_else(|| "a size like 512MB, 2GB or a byte count".into())
 }
 
 #[derive(Debug, Subcommand)]

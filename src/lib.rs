@@ -25,12 +25,14 @@ pub mod cli;
 pub mod config;
 pub mod connect;
 pub mod diff;
+pub mod engine;
 pub mod error;
 pub mod init;
 pub mod progress;
 pub mod report;
 pub mod snapshot;
 pub mod sql;
+pub mod stage;
 pub mod state;
 pub mod temporal;
 pub mod types;
@@ -83,7 +85,13 @@ pub async fn diff_snapshots(
     read: &watermark::SourceRead,
     progress: &Progress,
 ) -> Result<Changeset> {
-    let ctx = diff::session();
+    let ctx = engine::session(job)?;
     connect::register_both(&ctx, job, None, progress, Some(read)).await?;
+    let work = engine::work_dir(&ctx)?;
+    let sizes = [&job.source, &job.destination].map(|e| match &e.location {
+        config::Location::File(path, _) => engine::size_of(path),
+        _ => engine::size_of(&work.path().join(e.side.name())),
+    });
+    engine::choose_join(&ctx, sizes);
     diff::changeset_with(&ctx, job, limit, cells).await
 }

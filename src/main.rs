@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         }
     };
     let progress = Progress::stderr(!cli.no_progress && !cli.quiet);
+    MEMORY_LIMIT.set(cli.memory_limit).ok();
     match runtime.block_on(run(cli.command, progress)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -38,12 +39,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--memory-limit`, applied to every job this run loads.
+static MEMORY_LIMIT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+
+/// Load a job file; command-line settings for this run override its `[engine]`.
+fn load(path: &std::path::Path) -> recon::Result<Job> {
+    let mut job = Job::load(path)?;
+    if let Some(limit) = MEMORY_LIMIT.get().copied().flatten() {
+        job.engine.memory_limit = Some(limit);
+    }
+    Ok(job)
+}
+
 async fn run(command: Command, progress: Progress) -> recon::Result<u8> {
     match command {
         Command::Plan(args) => plan(args, progress).await,
         Command::Apply(args) => apply(args, progress).await,
         Command::State(command) => state(command).await,
-        Command::Check { job } => check(&Job::load(&job)?, &progress).await,
+        Command::Check { job } => check(&load(&job)?, &progress).await,
         Command::Init { dir } => {
             let job = recon::init::init(&dir)?;
             report::emit(
@@ -60,7 +73,7 @@ async fn run(command: Command, progress: Progress) -> recon::Result<u8> {
 }
 
 async fn plan(args: PlanArgs, progress: Progress) -> recon::Result<u8> {
-    let job = Job::load(&args.job)?;
+    let job = load(&args.job)?;
     let limit = args.limit.or(args.format.default_limit());
     let changeset = recon::plan(&job, limit, &progress).await?;
     report::emit(
@@ -75,7 +88,7 @@ async fn plan(args: PlanArgs, progress: Progress) -> recon::Result<u8> {
 }
 
 async fn apply(args: ApplyArgs, progress: Progress) -> recon::Result<u8> {
-    let job = Job::load(&args.job)?;
+    let job = load(&args.job)?;
     let options = recon::ApplyOptions {
         max_changes: args.max_changes,
         force: args.force,
@@ -99,26 +112,26 @@ async fn apply(args: ApplyArgs, progress: Progress) -> recon::Result<u8> {
 async fn state(command: StateCommand) -> recon::Result<u8> {
     match command {
         StateCommand::Get { job } => {
-            let value = recon::State::open(&Job::load(&job)?).await?.get().await?;
+            let value = recon::State::open(&load(&job)?).await?.get().await?;
             if let Some(v) = value {
                 report::emit(&format!("{v}\n"), None)?;
             }
         }
         StateCommand::Set { job, value } => {
             let value = serde_json::from_str(&value).unwrap_or(serde_json::Value::String(value));
-            recon::State::open(&Job::load(&job)?)
+            recon::State::open(&load(&job)?)
                 .await?
                 .set(Some(&value), "state set")
                 .await?;
         }
         StateCommand::Reset { job } => {
-            recon::State::open(&Job::load(&job)?)
+            recon::State::open(&load(&job)?)
                 .await?
                 .set(None, "state reset")
                 .await?;
         }
         StateCommand::History { job, limit, format } => {
-            let runs = recon::State::open(&Job::load(&job)?)
+            let runs = recon::State::open(&load(&job)?)
                 .await?
                 .history(limit)
                 .await?;

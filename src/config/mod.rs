@@ -31,6 +31,17 @@ pub struct Job {
     pub state_url: String,
     /// `diff_query = "..."`: the user's own comparison SQL, resolved against the job's folder.
     pub diff_query: Option<PathBuf>,
+    /// `[engine]`: memory budget and spill folder.
+    pub engine: EngineOptions,
+}
+
+/// `[engine]`: how much memory a run may use, and where it spills beyond that.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Bytes; `None` means the default (src/engine.rs). `--memory-limit` overrides it.
+    pub memory_limit: Option<u64>,
+    /// Folder for staged snapshots and spill files; `None` means the system temp dir.
+    pub spill_dir: Option<PathBuf>,
 }
 
 /// A pair of column names, one per side.

@@ -10,7 +10,8 @@ use super::values::{
     expand, header_line_offset, max_changes, parse_lag, positive_integer, strip_lines,
 };
 use super::{
-    ColumnPair, Cursor, Endpoint, FileFormat, Job, Lag, Location, Relation, WriteOptions, folder_of,
+    ColumnPair, Cursor, Endpoint, EngineOptions, FileFormat, Job, Lag, Location, Relation,
+    WriteOptions, folder_of,
 };
 use crate::error::{Problem, Side};
 
@@ -25,7 +26,9 @@ const TOP_KEYS: &[&str] = &[
     "write",
     "state",
     "diff_query",
+    "engine",
 ];
+const ENGINE_KEYS: &[&str] = &["memory_limit", "spill_dir"];
 const ENDPOINT_KEYS: &[&str] = &["url", "table", "query", "id", "cursor", "lag", "http"];
 const WRITE_KEYS: &[&str] = &["deletes", "max_changes", "batch_size", "persistent_after"];
 const STATE_KEYS: &[&str] = &["url"];
@@ -102,6 +105,7 @@ impl Walker<'_> {
         let diff_query = self
             .string(doc, "diff_query", "")
             .map(|(v, _)| self.resolve(&v));
+        let engine = self.engine(doc);
         let name = name.unwrap_or_else(|| {
             self.file
                 .file_stem()
@@ -117,6 +121,7 @@ impl Walker<'_> {
             write: write?,
             state_url,
             diff_query,
+            engine: engine?,
         })
     }
 
@@ -422,6 +427,33 @@ impl Walker<'_> {
                 self.problem(v.span().start, "`write.max_changes` must be a row count (e.g. 500) or a percentage of the destination (e.g. \"10%\")");
             }
         }
+        (self.problems.len() == before).then_some(out)
+    }
+
+    /// `[engine]`: `memory_limit = "1GB"` (or a byte count), `spill_dir = "/var/tmp/recon"`.
+    fn engine(&mut self, doc: &Table) -> Option<EngineOptions> {
+        let mut out = EngineOptions::default();
+        let Some(table) = self.table(doc, "engine") else {
+            return doc.get("engine").is_none().then_some(out);
+        };
+        self.unknown_keys(table, ENGINE_KEYS, "engine.");
+        let before = self.problems.len();
+        if let Some(v) = table.get("memory_limit") {
+            out.memory_limit = match v.get_ref() {
+                DeValue::String(s) => crate::engine::parse_size(s),
+                DeValue::Integer(_) => positive_integer(v),
+                _ => None,
+            };
+            if out.memory_limit.is_none() {
+                self.problem(
+                    v.span().start,
+                    "`engine.memory_limit` must be a size like \"1GB\", \"512MB\" or a byte count",
+                );
+            }
+        }
+        out.spill_dir = self
+            .string(table, "spill_dir", "engine.")
+            .map(|(v, _)| self.resolve(&v));
         (self.problems.len() == before).then_some(out)
     }
 

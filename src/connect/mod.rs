@@ -11,16 +11,15 @@ mod postgres;
 pub use postgres::pg_options;
 mod sqlite;
 
-use std::sync::Arc;
-
-use datafusion::datasource::MemTable;
+use datafusion::execution::options::ArrowReadOptions;
 use datafusion::prelude::SessionContext;
 
 use crate::config::{Endpoint, Job, Location};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::progress::RowCounter;
-use crate::snapshot::{BATCH_ROWS, Snapshot};
+use crate::snapshot::BATCH_ROWS;
+use crate::stage::{Staged, Stager};
 use crate::watermark::{Bound, KeyFilter, ParamStyle, SourceRead};
 use datafusion::arrow::record_batch::RecordBatch;
 
@@ -106,30 +105,53 @@ pub async fn register(
                 None => Ok(()),
             };
         }
-        location => read_database(endpoint, location, limit, progress, read).await?,
+        location => {
+            let work = crate::engine::work_dir(ctx)?;
+            read_database(endpoint, location, limit, progress, read, work.path()).await?
+        }
     };
-    let table = MemTable::try_new(snapshot.schema.clone(), vec![snapshot.batches])?;
-    ctx.register_table(name, Arc::new(table))?;
+    let options = ArrowReadOptions {
+        schema: Some(&snapshot.schema),
+        file_extension: ".arrow",
+        ..Default::default()
+    };
+    let dir = format!("{}/", snapshot.dir.display());
+    ctx.register_arrow(name, &dir, options).await?;
     Ok(())
 }
 
+/// Read a database side once, staging its batches in the work folder as they arrive.
 async fn read_database(
     endpoint: &Endpoint,
     location: &Location,
     limit: Option<usize>,
     progress: &Progress,
     read: Option<&SourceRead>,
-) -> Result<Snapshot> {
-    let counter = progress.rows(endpoint.side);
-    let snapshot = match location {
-        Location::Postgres(url) => postgres::snapshot(endpoint, url, limit, &counter, read).await?,
-        Location::Mysql(url) => mysql::snapshot(endpoint, url, limit, &counter, read).await?,
-        Location::Sqlite(path) => sqlite::snapshot(endpoint, path, limit, &counter, read).await?,
+    work: &std::path::Path,
+) -> Result<Staged> {
+    let side = endpoint.side;
+    let counter = progress.rows(side);
+    let mut stager = Stager::new(work, side).map_err(|e| Error::Io {
+        path: work.to_path_buf(),
+        source: e,
+    })?;
+    let out = &mut stager;
+    match location {
+        Location::Postgres(url) => {
+            postgres::snapshot(endpoint, url, limit, &counter, read, out).await?
+        }
+        Location::Mysql(url) => mysql::snapshot(endpoint, url, limit, &counter, read, out).await?,
+        Location::Sqlite(path) => {
+            sqlite::snapshot(endpoint, path, limit, &counter, read, out).await?
+        }
         Location::File(..) => return Err(Error::Internal("files are registered, not read".into())),
     };
+    let staged = stager
+        .finish()
+        .map_err(|e| crate::error::read_error(side, "reading the snapshot", e))?;
     counter.done();
-    tracing::info!(side = %endpoint.side, rows = snapshot.rows(), "snapshot read");
-    Ok(snapshot)
+    tracing::info!(side = %side, rows = staged.rows, "snapshot read");
+    Ok(staged)
 }
 
 /// Narrow a registered file to the window: `column >= lower`, the bound a typed literal.
@@ -209,33 +231,35 @@ pub(crate) fn state_params(
     }
 }
 
-/// Cut a row stream into record batches of [`BATCH_ROWS`], counting rows as they come; always at
-/// least one batch (empty when there are no rows), so the column names and types are known.
+/// Cut a row stream into record batches of [`BATCH_ROWS`], counting rows as they come, and
+/// stage each; always at least one batch (empty when there are no rows), so the column names and
+/// types are known.
 pub(crate) async fn batched<R, S, E>(
     mut rows: S,
     counter: &RowCounter,
     read_error: impl Fn(sqlx::Error) -> Error,
     to_batch: impl Fn(&[R]) -> std::result::Result<RecordBatch, E>,
     batch_error: impl Fn(E) -> Error,
-) -> Result<Snapshot>
+    out: &mut Stager,
+) -> Result<()>
 where
     S: futures::Stream<Item = std::result::Result<R, sqlx::Error>> + Unpin,
 {
     use futures::TryStreamExt;
-    let mut batches = Vec::new();
     let mut chunk = Vec::with_capacity(BATCH_ROWS);
     loop {
         let row = rows.try_next().await.map_err(&read_error)?;
         let end = row.is_none();
         chunk.extend(row);
         if chunk.len() == BATCH_ROWS || end {
-            batches.push(to_batch(&chunk).map_err(&batch_error)?);
+            let batch = to_batch(&chunk).map_err(&batch_error)?;
+            out.push(batch)
+                .map_err(|e| read_error(sqlx::Error::Decode(Box::new(e))))?;
             counter.add(chunk.len());
             chunk.clear();
         }
         if end {
-            return Snapshot::from_batches(batches)
-                .map_err(|e| read_error(sqlx::Error::Decode(Box::new(e))));
+            return Ok(());
         }
     }
 }

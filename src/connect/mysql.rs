@@ -12,8 +12,9 @@ use sqlx::{AssertSqlSafe, Column, ConnectOptions, Executor, Row, SqlSafeStr, Sta
 use crate::config::Endpoint;
 use crate::error::{Error, Result, read_error};
 use crate::progress::RowCounter;
-use crate::snapshot::{ColumnBuilder, Snapshot, batch};
+use crate::snapshot::{ColumnBuilder, batch};
 use crate::sql::{Dialect, quote_in};
+use crate::stage::Stager;
 use crate::watermark::{Bound, ParamStyle, SourceRead};
 use datafusion::arrow::array::*;
 use datafusion::arrow::datatypes::i256;
@@ -82,7 +83,8 @@ pub async fn snapshot(
     limit: Option<usize>,
     counter: &RowCounter,
     read: Option<&SourceRead>,
-) -> Result<Snapshot> {
+    out: &mut Stager,
+) -> Result<()> {
     let side = endpoint.side;
     let connect_error = |source| Error::Connect {
         side,
@@ -137,6 +139,7 @@ pub async fn snapshot(
         |e| read_error(side, format!("reading `{select}`"), e),
         |rows| to_batch(&names, &kinds, rows),
         |e| read_error(side, "decoding rows", e),
+        out,
     )
     .await
 }

@@ -11,8 +11,8 @@ use super::pgbinary::{Decoder, PgKind};
 use crate::config::Endpoint;
 use crate::error::{Error, Result, read_error};
 use crate::progress::RowCounter;
-use crate::snapshot::Snapshot;
 use crate::sql::quote;
+use crate::stage::Stager;
 
 use crate::watermark::{Bound, ParamStyle, SourceRead, setting_text};
 
@@ -72,7 +72,8 @@ pub async fn snapshot(
     limit: Option<usize>,
     counter: &RowCounter,
     read: Option<&SourceRead>,
-) -> Result<Snapshot> {
+    out: &mut Stager,
+) -> Result<()> {
     let side = endpoint.side;
     let mut conn = connect(endpoint, url).await?;
     let window = read.and_then(|r| r.window.as_ref());
@@ -153,7 +154,6 @@ pub async fn snapshot(
         projection.join(", ")
     );
     let mut decoder = Decoder::new(names, kinds);
-    let mut batches = Vec::new();
     let mut stream = conn
         .copy_out_raw(&copy)
         .await
@@ -165,12 +165,18 @@ pub async fn snapshot(
         if failure.is_some() {
             continue;
         }
-        match decoder.push(&chunk) {
-            Ok(done) => {
-                done.iter().for_each(|b| counter.add(b.num_rows()));
-                batches.extend(done);
+        let staged = decoder.push(&chunk).and_then(|done| {
+            for batch in done {
+                counter.add(batch.num_rows());
+                out.push(batch).map_err(|e| super::pgbinary::DecodeError {
+                    column: e.column,
+                    message: e.message,
+                })?;
             }
-            Err(e) => failure = Some(e),
+            Ok(())
+        });
+        if let Err(e) = staged {
+            failure = Some(e);
         }
     }
     if let Some(e) = failure {
@@ -180,8 +186,8 @@ pub async fn snapshot(
         .finish()
         .map_err(|e| read_error(side, "decoding the COPY stream", e))?;
     counter.add(last.num_rows());
-    batches.push(last);
-    Snapshot::from_batches(batches).map_err(|e| read_error(side, "decoding the COPY stream", e))
+    out.push(last)
+        .map_err(|e| read_error(side, "decoding the COPY stream", e))
 }
 
 #[cfg(test)]

@@ -12,8 +12,9 @@ use sqlx::{
 use crate::config::Endpoint;
 use crate::error::{Error, Result, read_error};
 use crate::progress::RowCounter;
-use crate::snapshot::{ColumnBuilder, Snapshot, batch};
+use crate::snapshot::{ColumnBuilder, batch};
 use crate::sql::quote;
+use crate::stage::Stager;
 use crate::watermark::{Bound, ParamStyle, SourceRead};
 use datafusion::arrow::array::*;
 use datafusion::arrow::datatypes::i256;
@@ -55,7 +56,8 @@ pub async fn snapshot(
     limit: Option<usize>,
     counter: &RowCounter,
     read: Option<&SourceRead>,
-) -> Result<Snapshot> {
+    out: &mut Stager,
+) -> Result<()> {
     let side = endpoint.side;
     let mut conn = open(endpoint, path).await?;
     let window = read.and_then(|r| r.window.as_ref());
@@ -114,6 +116,7 @@ pub async fn snapshot(
         &read_error,
         |rows| to_batch(&names, &declared, rows),
         &read_error,
+        out,
     )
     .await
 }

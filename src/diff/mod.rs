@@ -358,8 +358,3 @@ async fn user_diff(
     }
     Ok(render_diff(USER_DIFF_SQL, resolved, "u"))
 }
-
-/// A fresh DataFusion session for one run.
-pub fn session() -> SessionContext {
-    SessionContext::new()
-}

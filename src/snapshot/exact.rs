@@ -8,10 +8,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, Decimal128Array, Decimal256Array};
 use datafusion::arrow::compute::{CastOptions, cast_with_options};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, i256};
-use datafusion::arrow::record_batch::RecordBatch;
-
-use super::ColumnError;
+use datafusion::arrow::datatypes::{DataType, TimeUnit, i256};
 
 /// Digits a 128-bit and a 256-bit Arrow decimal hold.
 const DIGITS_128: u32 = 38;
@@ -104,41 +101,8 @@ fn decimal_scale(t: &DataType) -> i8 {
     }
 }
 
-/// Widen every batch to one schema, column by column ([`unify_column`]).
-pub fn unify(
-    batches: Vec<RecordBatch>,
-) -> std::result::Result<(SchemaRef, Vec<RecordBatch>), ColumnError> {
-    let first = batches[0].schema();
-    let mut fields = Vec::with_capacity(first.fields().len());
-    let mut columns = Vec::with_capacity(first.fields().len());
-    for (i, field) in first.fields().iter().enumerate() {
-        let arrays = batches.iter().map(|b| b.column(i).clone()).collect();
-        let arrays = unify_column(arrays).map_err(|message| ColumnError {
-            column: field.name().clone(),
-            message,
-        })?;
-        fields.push(Field::new(
-            field.name(),
-            arrays[0].data_type().clone(),
-            true,
-        ));
-        columns.push(arrays);
-    }
-    let schema = Arc::new(Schema::new(fields));
-    let batches = (0..batches.len())
-        .map(|b| {
-            let arrays = columns.iter().map(|c| c[b].clone()).collect();
-            RecordBatch::try_new(schema.clone(), arrays).map_err(|e| ColumnError {
-                column: String::new(),
-                message: format!("widening a batch: {e}"),
-            })
-        })
-        .collect::<std::result::Result<_, _>>()?;
-    Ok((schema, batches))
-}
-
 /// Cast without ever turning a value that does not fit into NULL.
-fn exact_cast(array: &ArrayRef, to: &DataType) -> std::result::Result<ArrayRef, String> {
+pub fn exact_cast(array: &ArrayRef, to: &DataType) -> std::result::Result<ArrayRef, String> {
     let options = CastOptions {
         safe: false,
         ..Default::default()
@@ -146,91 +110,141 @@ fn exact_cast(array: &ArrayRef, to: &DataType) -> std::result::Result<ArrayRef, 
     cast_with_options(array, to, &options).map_err(|e| e.to_string())
 }
 
-/// One column's batches in one type, exactly: integers and decimals as a decimal at the largest
-/// scale (256-bit when 38 digits do not reach); floats beside integers as floats only when every
-/// integer is within 2^53, else everything as decimals (each float by its shortest exact text).
-pub fn unify_column(arrays: Vec<ArrayRef>) -> std::result::Result<Vec<ArrayRef>, String> {
-    let first = arrays[0].data_type().clone();
-    if arrays.iter().all(|a| a.data_type() == &first) {
-        return Ok(arrays);
-    }
-    let typed = || {
-        arrays
-            .iter()
-            .map(|a| a.data_type())
-            .filter(|t| **t != DataType::Null)
-    };
-    let target = typed().fold(DataType::Null, |acc, t| widen(&acc, t));
-    let floats = typed().any(DataType::is_floating);
-    let exact = typed().any(is_exact);
-    if floats && exact && !arrays.iter().all(within_f64) {
-        return as_decimals(&arrays);
-    }
-    if is_decimal(&target) {
-        let narrow: std::result::Result<Vec<_>, _> =
-            arrays.iter().map(|a| exact_cast(a, &target)).collect();
-        if let Ok(done) = narrow {
-            return Ok(done);
-        }
-        let wide = DataType::Decimal256(76, decimal_scale(&target));
-        return arrays.iter().map(|a| exact_cast(a, &wide)).collect();
-    }
-    arrays.iter().map(|a| exact_cast(a, &target)).collect()
+/// What one column holds across batches whose types differ, gathered batch by batch (the
+/// staged snapshot is read back once for it), to choose the one type that holds every value.
+#[derive(Debug, Default, Clone)]
+pub struct Facts {
+    types: Vec<DataType>,
+    floats: bool,
+    ints: bool,
+    decimals: bool,
+    /// An integer that a float would round (beyond 2^53).
+    ints_beyond_f64: bool,
+    /// Most digits before the point, and after it, over every exact value (floats by their
+    /// shortest round-trip text).
+    whole: u32,
+    scale: u32,
+    /// Why some float has no exact decimal (NaN, infinity, too many digits).
+    inexact_float: Option<String>,
 }
 
-/// Whether every value of an integer array is exact as an f64 (other arrays: yes).
-fn within_f64(array: &ArrayRef) -> bool {
+impl Facts {
+    pub fn observe(&mut self, array: &ArrayRef) -> std::result::Result<(), String> {
+        let t = array.data_type();
+        if *t == DataType::Null {
+            return Ok(());
+        }
+        if !self.types.contains(t) {
+            self.types.push(t.clone());
+        }
+        if !t.is_numeric() {
+            return Ok(());
+        }
+        self.floats |= t.is_floating();
+        self.ints |= t.is_integer();
+        self.decimals |= is_decimal(t);
+        let scale = decimal_scale(t).max(0) as u32;
+        for (m, s) in decimal_values(array)?.into_iter().flatten() {
+            if t.is_integer() && m.wrapping_abs() > i256::from_i128(1 << 53) {
+                self.ints_beyond_f64 = true;
+            }
+            let digits = m.wrapping_abs().checked_ilog10().map_or(1, |d| d + 1);
+            self.whole = self.whole.max(digits.saturating_sub(s));
+            self.scale = self.scale.max(s);
+        }
+        self.scale = self.scale.max(scale);
+        if t.is_floating() && self.inexact_float.is_none() {
+            self.inexact_float = float_failure(array);
+        }
+        Ok(())
+    }
+
+    /// The one type for every batch: integers and decimals as a decimal at the largest scale
+    /// (256 bits past 38 digits); floats beside integers as floats only while every integer is
+    /// within 2^53, else everything as decimals; anything else as [`widen`] says.
+    pub fn target(&self) -> std::result::Result<DataType, String> {
+        if self.types.len() <= 1 {
+            return Ok(self.types.first().cloned().unwrap_or(DataType::Null));
+        }
+        if self.types.iter().any(|t| !t.is_numeric()) {
+            return Ok(self
+                .types
+                .iter()
+                .fold(DataType::Null, |acc, t| widen(&acc, t)));
+        }
+        let fits_i64 = self.whole < 19;
+        match (self.floats, self.decimals, self.ints) {
+            (true, false, false) => return Ok(DataType::Float64),
+            (false, false, true) if fits_i64 => return Ok(DataType::Int64),
+            (true, false, true) if !self.ints_beyond_f64 => return Ok(DataType::Float64),
+            _ => {}
+        }
+        if let Some(why) = self.inexact_float.as_ref().filter(|_| self.floats) {
+            return Err(format!(
+                "it holds integers or decimals that a float would round beside {why}; cast the column in a `query`"
+            ));
+        }
+        match self.whole + self.scale {
+            0..=DIGITS_128 => Ok(DataType::Decimal128(DIGITS_128 as u8, self.scale as i8)),
+            39..=DIGITS_256 => Ok(DataType::Decimal256(DIGITS_256 as u8, self.scale as i8)),
+            digits => Err(format!(
+                "its values need {digits} digits; recon keeps decimals exact up to {DIGITS_256} (cast it to text in a `query`)"
+            )),
+        }
+    }
+}
+
+/// The first float of an array that no decimal of 76 digits holds, described.
+fn float_failure(array: &ArrayRef) -> Option<String> {
     use datafusion::arrow::array::{Array, AsArray};
-    use datafusion::arrow::datatypes::Int64Type;
-    if is_decimal(array.data_type()) {
-        return false;
-    }
-    if !array.data_type().is_integer() {
-        return true;
-    }
-    match exact_cast(array, &DataType::Int64) {
-        Ok(a) => {
-            let a = a.as_primitive::<Int64Type>();
-            (0..a.len()).all(|i| a.is_null(i) || a.value(i).unsigned_abs() <= 1 << 53)
-        }
-        Err(_) => false,
-    }
+    use datafusion::arrow::datatypes::Float64Type;
+    let a = exact_cast(array, &DataType::Float64).ok()?;
+    let a = a.as_primitive::<Float64Type>();
+    (0..a.len())
+        .filter(|i| a.is_valid(*i))
+        .map(|i| a.value(i))
+        .find(|f| float_decimal(*f).is_none())
+        .map(|f| format!("the float {f}, which no decimal of 76 digits holds"))
 }
 
-/// Every array as exact decimals (floats by their shortest round-trip text), one scale and width.
-fn as_decimals(arrays: &[ArrayRef]) -> std::result::Result<Vec<ArrayRef>, String> {
-    let mut values: Vec<Vec<Option<(i256, u32)>>> = Vec::with_capacity(arrays.len());
-    for array in arrays {
-        values.push(decimal_values(array)?);
+/// One batch's column in `to`, exactly: decimals built from each value's digits (floats by their
+/// shortest round-trip text), anything else cast without turning a misfit into NULL.
+pub fn convert(array: &ArrayRef, to: &DataType) -> std::result::Result<ArrayRef, String> {
+    if array.data_type() == to {
+        return Ok(array.clone());
     }
-    let scale = values
-        .iter()
-        .flatten()
-        .flatten()
-        .map(|(_, s)| *s)
-        .max()
-        .unwrap_or(0);
-    let mut out = Vec::with_capacity(values.len());
-    for mut v in values {
-        // A zero at the common scale makes every batch take that scale.
-        v.push(Some((i256::ZERO, scale)));
-        let array = finish_decimal(v)?;
-        out.push(array.slice(0, array.len() - 1));
-    }
-    let widest = out
-        .iter()
-        .map(|a| a.data_type().clone())
-        .fold(DataType::Null, |acc, t| match (&acc, &t) {
-            (DataType::Decimal256(..), _) => acc,
-            _ => t,
+    let (wide, scale) = match to {
+        DataType::Decimal128(_, s) if array.data_type().is_numeric() => (false, *s as u32),
+        DataType::Decimal256(_, s) if array.data_type().is_numeric() => (true, *s as u32),
+        _ => return exact_cast(array, to),
+    };
+    let overflow = || format!("a value does not fit {to}");
+    let mut values = Vec::with_capacity(array.len());
+    for v in decimal_values(array)? {
+        values.push(match v {
+            Some((m, s)) => Some(rescale(m, s, scale).ok_or_else(overflow)?),
+            None => None,
         });
-    out.iter().map(|a| exact_cast(a, &widest)).collect()
+    }
+    Ok(if wide {
+        let a: Decimal256Array = values.into_iter().collect();
+        Arc::new(
+            a.with_precision_and_scale(DIGITS_256 as u8, scale as i8)
+                .map_err(|e| e.to_string())?,
+        )
+    } else {
+        let a: Decimal128Array = values.into_iter().map(|v| v.map(|v| v.as_i128())).collect();
+        Arc::new(
+            a.with_precision_and_scale(DIGITS_128 as u8, scale as i8)
+                .map_err(|e| e.to_string())?,
+        )
+    })
 }
 
 /// An array's values as mantissa/scale pairs.
 fn decimal_values(array: &ArrayRef) -> std::result::Result<Vec<Option<(i256, u32)>>, String> {
     use datafusion::arrow::array::{Array, AsArray};
-    use datafusion::arrow::datatypes::{Decimal128Type, Decimal256Type, Float64Type, Int64Type};
+    use datafusion::arrow::datatypes::{Decimal128Type, Decimal256Type, Float64Type};
     let n = array.len();
     Ok(match array.data_type() {
         DataType::Decimal128(_, s) => {
@@ -254,24 +268,15 @@ fn decimal_values(array: &ArrayRef) -> std::result::Result<Vec<Option<(i256, u32
             let mut out = Vec::with_capacity(n);
             for i in 0..n {
                 out.push(match a.is_valid(i) {
-                    true => Some(float_decimal(a.value(i)).ok_or_else(|| format!(
-                        "it holds integers beyond 2^53 (which a float would round) beside the float {}, which no decimal of 76 digits holds; cast the column in a `query`",
-                        a.value(i)
-                    ))?),
+                    true => float_decimal(a.value(i)),
                     false => None,
                 });
             }
             out
         }
         _ => {
-            let a = exact_cast(array, &DataType::Int64)?;
-            let a = a.as_primitive::<Int64Type>();
-            (0..n)
-                .map(|i| {
-                    a.is_valid(i)
-                        .then(|| (i256::from_i128(a.value(i).into()), 0))
-                })
-                .collect()
+            let a = exact_cast(array, &DataType::Decimal128(38, 0))?;
+            return decimal_values(&a);
         }
     })
 }
@@ -333,21 +338,29 @@ mod tests {
         use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
         let ints: ArrayRef = Arc::new(Int64Array::from(vec![9_007_199_254_740_993]));
         let floats: ArrayRef = Arc::new(Float64Array::from(vec![0.5]));
-        let out = unify_column(vec![ints, floats]).unwrap();
+        let mut facts = Facts::default();
+        facts.observe(&ints).unwrap();
+        facts.observe(&floats).unwrap();
+        let target = facts.target().unwrap();
+        assert_eq!(target, DataType::Decimal128(38, 1));
         let text = |a: &ArrayRef| {
+            let a = convert(a, &target).unwrap();
             ArrayFormatter::try_new(a.as_ref(), &FormatOptions::default())
                 .unwrap()
                 .value(0)
                 .to_string()
         };
-        assert_eq!(text(&out[0]), "9007199254740993.0");
-        assert_eq!(text(&out[1]), "0.5");
-        let small: ArrayRef = Arc::new(Int64Array::from(vec![3]));
-        let floats: ArrayRef = Arc::new(Float64Array::from(vec![0.5]));
-        assert_eq!(
-            unify_column(vec![small, floats]).unwrap()[0].data_type(),
-            &DataType::Float64
-        );
+        assert_eq!(text(&ints), "9007199254740993.0");
+        assert_eq!(text(&floats), "0.5");
+        let mut small = Facts::default();
+        small
+            .observe(&(Arc::new(Int64Array::from(vec![3])) as ArrayRef))
+            .unwrap();
+        small.observe(&floats).unwrap();
+        assert_eq!(small.target().unwrap(), DataType::Float64);
+        let nan: ArrayRef = Arc::new(Float64Array::from(vec![f64::NAN]));
+        facts.observe(&nan).unwrap();
+        assert!(facts.target().is_err());
         assert_eq!(float_decimal(0.1), Some((i256::from_i128(1), 1)));
     }
 

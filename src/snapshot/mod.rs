@@ -11,46 +11,15 @@ use datafusion::arrow::array::{
     Float64Builder, Int16Builder, Int32Builder, Int64Builder, NullArray, StringBuilder,
     Time64MicrosecondBuilder, TimestampMicrosecondBuilder,
 };
-use datafusion::arrow::datatypes::{Field, Schema, SchemaRef, i256};
+use datafusion::arrow::datatypes::{Field, Schema, i256};
 use datafusion::arrow::record_batch::RecordBatch;
 
 mod exact;
 
-pub use exact::{finish_decimal, float_decimal, rescale, unify, unify_column, widen};
+pub use exact::{Facts, convert, finish_decimal, float_decimal, rescale, widen};
 
 /// Rows per record batch produced by the database connectors.
 pub const BATCH_ROWS: usize = 8192;
-
-/// One side's rows.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    pub schema: SchemaRef,
-    pub batches: Vec<RecordBatch>,
-}
-
-impl Snapshot {
-    pub fn rows(&self) -> usize {
-        self.batches.iter().map(|b| b.num_rows()).sum()
-    }
-
-    /// Widen the batches to one schema (see [`unify`]). Connectors always pass at least one
-    /// batch, empty when the side has no rows, so that the column names and types are known.
-    pub fn from_batches(batches: Vec<RecordBatch>) -> std::result::Result<Snapshot, ColumnError> {
-        let mut batches = batches;
-        if batches.len() > 1 {
-            batches.retain(|b| b.num_rows() > 0);
-        }
-        if batches.is_empty() {
-            return Err(ColumnError {
-                column: String::new(),
-                message: "internal error (this is a bug in recon): a snapshot without a schema"
-                    .into(),
-            });
-        }
-        let (schema, batches) = unify(batches)?;
-        Ok(Snapshot { schema, batches })
-    }
-}
 
 /// A column being filled row by row.
 pub enum ColumnBuilder {

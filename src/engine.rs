@@ -1,0 +1,196 @@
+//! The run's DataFusion session, in bounded memory: a memory pool of `[engine] memory_limit`
+//! (`--memory-limit`; by default a quarter of the machine's memory, at least 256 MB) with sorts,
+//! aggregations and joins spilling to a private work folder under `[engine] spill_dir` (default:
+//! the system temp dir). The work folder also holds the staged snapshots (src/stage.rs). It is
+//! removed when the session ends, and folders left by a run that crashed are removed by the next.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use crate::config::Job;
+use crate::error::{Error, Result};
+
+/// Smallest default memory budget.
+const MIN_DEFAULT: u64 = 256 << 20;
+/// Prefix of work folders, followed by the owning process id.
+const PREFIX: &str = "recon-run-";
+
+/// A private folder for one run's staged snapshots and spill files, removed when dropped.
+#[derive(Debug)]
+pub struct WorkDir {
+    path: PathBuf,
+}
+
+impl WorkDir {
+    /// Create `recon-run-<pid>-<nanos>` (mode 0700) under `parent`, first removing folders that
+    /// runs which no longer exist left behind (a crash, a SIGKILL).
+    pub fn create(parent: &Path) -> Result<WorkDir> {
+        clean_stale(parent);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let path = parent.join(format!("{PREFIX}{}-{nanos}", std::process::id()));
+        crate::state::create_private_dir(&path)?;
+        Ok(WorkDir { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Remove work folders whose process is gone.
+fn clean_stale(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// The memory budget when neither the job nor the command line sets one.
+pub fn default_memory_limit() -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(4 << 30, |kb| kb * 1024);
+    (total / 4).max(MIN_DEFAULT)
+}
+
+/// `1GB`, `256MB`, `512MiB`, `2g`, or a byte count.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => return None,
+    };
+    let bytes = (number * factor as f64) as u64;
+    (bytes > 0).then_some(bytes)
+}
+
+/// A session for one run of `job`: memory pool, spilling, and the work folder (kept as a session
+/// extension, so it lives exactly as long as the session).
+pub fn session(job: &Job) -> Result<SessionContext> {
+    let parent = job
+        .engine
+        .spill_dir
+        .clone()
+        .unwrap_or_else(std::env::temp_dir);
+    let work = Arc::new(WorkDir::create(&parent)?);
+    let limit = job.engine.memory_limit.unwrap_or_else(default_memory_limit);
+    let spill = work.path().join("spill");
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(FairSpillPool::new(limit as usize)))
+        .with_disk_manager_builder(
+            DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![spill])),
+        )
+        .build_arc()
+        .map_err(|e| Error::Internal(format!("starting the engine: {e}")))?;
+    let config = SessionConfig::new()
+        .with_extension(work)
+        .with_extension(Arc::new(MemoryLimit(limit)));
+    Ok(SessionContext::new_with_config_rt(config, runtime))
+}
+
+/// The run's memory budget in bytes, as a session extension.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryLimit(pub u64);
+
+/// The session's work folder.
+pub fn work_dir(ctx: &SessionContext) -> Result<Arc<WorkDir>> {
+    ctx.state()
+        .config()
+        .get_extension::<WorkDir>()
+        .ok_or_else(|| Error::Internal("a session without a work folder".into()))
+}
+
+/// Join in constant memory when the snapshots are large for the budget: a hash join holds one
+/// side in memory and cannot spill, a sort-merge join sorts both sides (spilling as needed) and
+/// streams them. `sizes` are the bytes of each side as staged or as files.
+pub fn choose_join(ctx: &SessionContext, sizes: [u64; 2]) {
+    let smaller = sizes[0].min(sizes[1]);
+    let spill = smaller.saturating_mul(3) > memory_limit(ctx) / 2;
+    if spill {
+        tracing::info!(
+            bytes = smaller,
+            "the snapshots exceed the memory budget: sort-merge join with spilling"
+        );
+        let state = ctx.state_ref();
+        let mut state = state.write();
+        state.config_mut().options_mut().optimizer.prefer_hash_join = false;
+    }
+}
+
+/// Bytes under a path (a staged side's folder, or a file).
+pub fn size_of(path: &Path) -> u64 {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => m.len(),
+        Ok(_) => std::fs::read_dir(path)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| size_of(&e.path()))
+            .sum(),
+        Err(_) => 0,
+    }
+}
+
+/// The session's memory budget.
+pub fn memory_limit(ctx: &SessionContext) -> u64 {
+    ctx.state()
+        .config()
+        .get_extension::<MemoryLimit>()
+        .map_or_else(default_memory_limit, |m| m.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(parse_size("1GB"), Some(1 << 30));
+        assert_eq!(parse_size("256MB"), Some(256 << 20));
+        assert_eq!(parse_size("512 MiB"), Some(512 << 20));
+        assert_eq!(parse_size("1.5g"), Some(3 << 29));
+        assert_eq!(parse_size("1000"), Some(1000));
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(parse_size("0"), None);
+    }
+}
