@@ -122,9 +122,20 @@ pub fn session(job: &Job) -> Result<SessionContext> {
         )
         .build_arc()
         .map_err(|e| Error::Internal(format!("starting the engine: {e}")))?;
-    let config = SessionConfig::new()
+    let mut config = SessionConfig::new()
         .with_extension(work)
         .with_extension(Arc::new(MemoryLimit(limit)));
+    // Each sorting partition reserves this much for merging its spill files: keep it a small
+    // share of a small budget (DataFusion's default is 10 MB).
+    let execution = &mut config.options_mut().execution;
+    execution.sort_spill_reservation_bytes =
+        (limit as usize / 16).clamp(64 << 10, execution.sort_spill_reservation_bytes);
+    // Smaller batches under a small budget, so that every sort can hold a few of them.
+    if limit < 256 << 20
+        && let Ok(small) = datafusion::common::config::ConfigNonZeroUsize::try_new(1024)
+    {
+        execution.batch_size = small;
+    }
     Ok(SessionContext::new_with_config_rt(config, runtime))
 }
 
@@ -153,7 +164,10 @@ pub fn choose_join(ctx: &SessionContext, sizes: [u64; 2]) {
         );
         let state = ctx.state_ref();
         let mut state = state.write();
-        state.config_mut().options_mut().optimizer.prefer_hash_join = false;
+        let options = state.config_mut().options_mut();
+        options.optimizer.prefer_hash_join = false;
+        // DataFusion plans a sort-merge join only with more than one partition.
+        options.execution.target_partitions = options.execution.target_partitions.max(2);
     }
 }
 

@@ -92,6 +92,13 @@ pub async fn diff_snapshots(
         config::Location::File(path, _) => engine::size_of(path),
         _ => engine::size_of(&work.path().join(e.side.name())),
     });
-    engine::choose_join(&ctx, sizes);
-    diff::changeset_with(&ctx, job, limit, cells).await
+    // A diff_query runs in one pass (its SQL is the user's): join in constant memory instead.
+    let passes = match job.diff_query {
+        Some(_) => {
+            engine::choose_join(&ctx, sizes);
+            1
+        }
+        None => diff::passes(sizes[0].min(sizes[1]), engine::memory_limit(&ctx)),
+    };
+    diff::changeset_with(&ctx, job, limit, cells, passes).await
 }

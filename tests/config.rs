@@ -181,4 +181,9 @@ fn the_reference_file_documents_every_key_and_parses() {
             .ends_with("fixtures/queries/my_diff.sql")
     );
     assert!(job.state_url.ends_with(".recon/state.db"));
+    assert_eq!(job.engine.memory_limit, Some(1 << 30));
+    assert_eq!(
+        job.engine.spill_dir.as_deref(),
+        Some(Path::new("/var/tmp/recon"))
+    );
 }

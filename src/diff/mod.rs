@@ -3,6 +3,7 @@
 //! common types), check the keys (queries/key_checks.sql), then run queries/diff.sql — or the
 //! user's `diff_query` wrapped by queries/user_diff.sql — read-only, and collect the changeset.
 
+mod bucket;
 mod resolve;
 mod rows;
 
@@ -12,6 +13,7 @@ use datafusion::prelude::{DataFrame, Expr, SessionContext, cast, ident, lit};
 use datafusion::scalar::ScalarValue;
 use futures::StreamExt;
 
+pub use bucket::passes;
 pub use resolve::{Mapped, Resolved, resolve};
 pub use rows::json_value;
 
@@ -50,55 +52,82 @@ pub async fn resolve_registered(ctx: &SessionContext, job: &Job) -> Result<Resol
 
 /// Compute the changeset of the registered snapshots, listing at most `limit` changes.
 pub async fn changeset(ctx: &SessionContext, job: &Job, limit: Option<usize>) -> Result<Changeset> {
-    changeset_with(ctx, job, limit, false).await
+    changeset_with(ctx, job, limit, false, 1).await
 }
 
 /// As [`changeset`]; with `cells`, each listed change also carries typed cells for writeback.
+/// The key checks and the diff run in `passes` passes over the staged snapshots (src/diff/bucket.rs);
+/// a `diff_query` always runs in one.
 pub async fn changeset_with(
     ctx: &SessionContext,
     job: &Job,
     limit: Option<usize>,
     cells: bool,
+    passes: u64,
 ) -> Result<Changeset> {
     let resolved = resolve_registered(ctx, job).await?;
     register_view(ctx, Side::Source, &resolved).await?;
     register_view(ctx, Side::Destination, &resolved).await?;
-    check_keys(
-        ctx,
-        Side::Source,
-        &resolved
-            .keys
-            .iter()
-            .map(|m| m.source.clone())
-            .collect::<Vec<_>>(),
-    )
-    .await?;
-    check_keys(ctx, Side::Destination, &resolved.key_names()).await?;
-    let query = match &job.diff_query {
-        None => render_diff(DIFF_SQL, &resolved, "s"),
-        Some(path) => user_diff(ctx, path, &resolved).await?,
+    let passes = if job.diff_query.is_some() {
+        1
+    } else {
+        passes.max(1)
     };
+    if passes > 1 {
+        ctx.register_udf(bucket::Bucket::udf());
+        tracing::info!(
+            passes,
+            "the snapshots exceed the memory budget: diffing in passes"
+        );
+    }
     let mut collector = rows::Collector::new(resolved.keys.len(), resolved.compared.len(), limit);
     collector.cells = cells;
-    let mut stream = sql(ctx, &query).await?.execute_stream().await?;
-    while let Some(batch) = stream.next().await {
-        collector.add(&batch?)?;
-    }
-    let cursor_max = match &resolved.cursor {
-        Some(_) => {
+    let mut checks = [
+        KeyCheck::new(Side::Source),
+        KeyCheck::new(Side::Destination),
+    ];
+    let mut cursor_max: Option<crate::changeset::Cell> = None;
+    let (mut source_rows, mut destination_rows) = (0, 0);
+    for pass in 0..passes {
+        select_pass(ctx, &resolved, pass, passes).await?;
+        let source_keys: Vec<String> = resolved.keys.iter().map(|m| m.source.clone()).collect();
+        checks[0].run(ctx, &source_keys).await?;
+        checks[1].run(ctx, &resolved.key_names()).await?;
+        if checks.iter().any(KeyCheck::failed) {
+            continue;
+        }
+        let query = match &job.diff_query {
+            None => render_diff(DIFF_SQL, &resolved, "s"),
+            Some(path) => user_diff(ctx, path, &resolved).await?,
+        };
+        let mut stream = sql(ctx, &query).await?.execute_stream().await?;
+        while let Some(batch) = stream.next().await {
+            collector.add(&batch?)?;
+        }
+        if resolved.cursor.is_some() {
             let max = sql(ctx, "SELECT max(cur) AS m FROM s")
                 .await?
                 .collect()
                 .await?;
-            max.first()
+            let pass_max = max
+                .first()
                 .filter(|b| b.num_rows() > 0)
                 .map(|b| rows::cell(b.column(0), 0))
+                .filter(|c| *c != crate::changeset::Cell::Null);
+            cursor_max = match (cursor_max, pass_max) {
+                (Some(a), Some(b)) => Some(std::cmp::max_by(a, b, crate::watermark::compare)),
+                (a, b) => a.or(b),
+            };
         }
-        None => None,
-    };
+        source_rows += ctx.table("s").await?.count().await? as u64;
+        destination_rows += ctx.table("d").await?.count().await? as u64;
+    }
+    for check in checks {
+        check.into_result()?;
+    }
     let mut summary = collector.summary;
-    summary.source_rows = ctx.table("s").await?.count().await? as u64;
-    summary.destination_rows = ctx.table("d").await?.count().await? as u64;
+    summary.source_rows = source_rows;
+    summary.destination_rows = destination_rows;
     summary.unchanged = summary
         .source_rows
         .saturating_sub(summary.insert + summary.update);
@@ -110,6 +139,29 @@ pub async fn changeset_with(
         changes: collector.changes,
         cursor_max,
     })
+}
+
+/// Register `s` and `d` as this pass's rows of the full views `s_all` and `d_all`.
+async fn select_pass(
+    ctx: &SessionContext,
+    resolved: &Resolved,
+    pass: u64,
+    passes: u64,
+) -> Result<()> {
+    for side in Side::BOTH {
+        let alias = view_alias(side);
+        let all = format!("{alias}_all");
+        let _ = ctx.deregister_table(alias)?;
+        let mut view = ctx.table(all.as_str()).await?;
+        if passes > 1 {
+            let mut args = vec![lit(passes as i64)];
+            args.extend((0..resolved.keys.len()).map(|i| ident(format!("k{i}"))));
+            let bucket = bucket::Bucket::udf().call(args);
+            view = view.filter(bucket.eq(lit(pass as i64)))?;
+        }
+        ctx.register_table(alias, view.into_view())?;
+    }
+    Ok(())
 }
 
 fn view_alias(side: Side) -> &'static str {
@@ -155,7 +207,7 @@ async fn register_view(ctx: &SessionContext, side: Side, resolved: &Resolved) ->
     }
     exprs.push(lit(true).alias("__present"));
     let view = ctx.table(side.name()).await?.select(exprs)?.into_view();
-    ctx.register_table(view_alias(side), view)?;
+    ctx.register_table(format!("{}_all", view_alias(side)), view)?;
     Ok(())
 }
 
@@ -173,56 +225,91 @@ fn list(n: usize, item: impl Fn(usize) -> String, sep: &str) -> String {
     (0..n).map(item).collect::<Vec<_>>().join(sep)
 }
 
-/// Key checks for one side: NULL keys, then duplicate keys, each a typed error with a sample.
-async fn check_keys(ctx: &SessionContext, side: Side, key_columns: &[String]) -> Result<()> {
-    let keys = key_columns.len();
-    let alias = view_alias(side);
-    let render = |name: &str| {
-        section(KEY_CHECKS_SQL, name)
-            .replace("{{side}}", alias)
-            .replace("{{keys}}", &list(keys, |i| format!("k{i}"), ", "))
-            .replace(
-                "{{any_key_null}}",
-                &format!("({})", list(keys, |i| format!("(k{i} IS NULL)"), " OR ")),
-            )
-    };
-    let counts = sql(ctx, &render("counts")).await?.collect().await?;
-    let count = |col: &str| -> u64 {
-        counts
-            .first()
-            .and_then(|b| b.column_by_name(col))
-            .map(|a| json_value(a, 0).as_u64().unwrap_or(0))
-            .unwrap_or(0)
-    };
-    let (nulls, duplicates) = (count("null_keys"), count("duplicate_keys"));
-    if nulls == 0 && duplicates == 0 {
-        return Ok(());
+/// Key checks for one side, summed over the passes: NULL keys, then duplicate keys, each a typed
+/// error with the total count and up to five sample keys.
+struct KeyCheck {
+    side: Side,
+    columns: Vec<String>,
+    nulls: u64,
+    duplicates: u64,
+    null_sample: Vec<String>,
+    duplicate_sample: Vec<String>,
+}
+
+impl KeyCheck {
+    fn new(side: Side) -> KeyCheck {
+        KeyCheck {
+            side,
+            columns: Vec::new(),
+            nulls: 0,
+            duplicates: 0,
+            null_sample: Vec::new(),
+            duplicate_sample: Vec::new(),
+        }
     }
-    let which = if nulls > 0 {
-        "null_sample"
-    } else {
-        "duplicate_sample"
-    };
-    let sample = sample_keys(
-        &sql(ctx, &render(which)).await?.collect().await?,
-        key_columns,
-    );
-    let columns = key_columns.join(", ");
-    Err(if nulls > 0 {
-        Error::NullKeys {
-            side,
-            columns,
-            count: nulls,
-            sample,
+
+    fn failed(&self) -> bool {
+        self.nulls > 0 || self.duplicates > 0
+    }
+
+    /// Check this pass's rows of the side (`s` or `d`).
+    async fn run(&mut self, ctx: &SessionContext, key_columns: &[String]) -> Result<()> {
+        self.columns = key_columns.to_vec();
+        let keys = key_columns.len();
+        let alias = view_alias(self.side);
+        let render = |name: &str| {
+            section(KEY_CHECKS_SQL, name)
+                .replace("{{side}}", alias)
+                .replace("{{keys}}", &list(keys, |i| format!("k{i}"), ", "))
+                .replace(
+                    "{{any_key_null}}",
+                    &format!("({})", list(keys, |i| format!("(k{i} IS NULL)"), " OR ")),
+                )
+        };
+        let counts = sql(ctx, &render("counts")).await?.collect().await?;
+        let count = |col: &str| -> u64 {
+            counts
+                .first()
+                .and_then(|b| b.column_by_name(col))
+                .map(|a| json_value(a, 0).as_u64().unwrap_or(0))
+                .unwrap_or(0)
+        };
+        let (nulls, duplicates) = (count("null_keys"), count("duplicate_keys"));
+        self.nulls += nulls;
+        self.duplicates += duplicates;
+        for (found, name, sample) in [
+            (nulls, "null_sample", &mut self.null_sample),
+            (duplicates, "duplicate_sample", &mut self.duplicate_sample),
+        ] {
+            if found > 0 && sample.len() < 5 {
+                let rows = sql(ctx, &render(name)).await?.collect().await?;
+                sample.extend(sample_keys(&rows, key_columns));
+                sample.truncate(5);
+            }
         }
-    } else {
-        Error::DuplicateKeys {
-            side,
-            columns,
-            count: duplicates,
-            sample,
+        Ok(())
+    }
+
+    fn into_result(self) -> Result<()> {
+        let columns = self.columns.join(", ");
+        if self.nulls > 0 {
+            return Err(Error::NullKeys {
+                side: self.side,
+                columns,
+                count: self.nulls,
+                sample: self.null_sample,
+            });
         }
-    })
+        if self.duplicates > 0 {
+            return Err(Error::DuplicateKeys {
+                side: self.side,
+                columns,
+                count: self.duplicates,
+                sample: self.duplicate_sample,
+            });
+        }
+        Ok(())
+    }
 }
 
 fn sample_keys(
