@@ -116,15 +116,14 @@ async fn each_remote_side_is_read_once() {
     assert_eq!(code, 0, "{err}");
     // Statistics arrive when recon's sessions end; wait for them (bounded).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let mut after = before;
     while std::time::Instant::now() < deadline {
-        after = (scans(&url, "s").await, scans(&url, "d").await);
-        if after.0 > before.0 && after.1 > before.1 {
+        let now = (scans(&url, "s").await, scans(&url, "d").await);
+        if now.0 > before.0 && now.1 > before.1 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    after = (scans(&url, "s").await, scans(&url, "d").await);
+    let after = (scans(&url, "s").await, scans(&url, "d").await);
     assert_eq!((after.0 - before.0, after.1 - before.1), (1, 1));
 }
