@@ -97,22 +97,33 @@ async fn apply_counts_rows_the_destination_changed_not_rows_sent() {
 #[tokio::test]
 async fn a_key_matching_two_destination_rows_is_not_overwritten() {
     let f = Folder::new();
+    f.write("s.csv", "k,v\na,5\nA,2\n");
+    // SQLite finds rows through its key map, comparing keys exactly as the diff does: `a` alone.
     f.sqlite(
         "app.db",
         "CREATE TABLE d (k TEXT COLLATE NOCASE, v INT); INSERT INTO d VALUES ('a', 1), ('A', 2);",
     )
     .await;
-    f.write("s.csv", "k,v\na,5\nA,2\n");
-    f.write("job.toml", &job("s.csv", "", "sqlite://app.db", "d", ""));
-    let (code, doc, out) = apply_json(f.dir.path(), "job.toml");
+    f.write("lite.toml", &job("s.csv", "", "sqlite://app.db", "d", ""));
+    let (code, _, out) = apply_json(f.dir.path(), "lite.toml");
+    assert_eq!(code, 0, "{out}");
+    let rows = sqlite_text(&f.path("app.db"), "SELECT k || '=' || v FROM d ORDER BY k COLLATE BINARY").await;
+    assert_eq!(rows, [Some("A=2".into()), Some("a=5".into())]);
+    // PostgreSQL matches by key under the column's collation: `a` meets two rows, so nothing is
+    // written and the row fails.
+    let pg = postgres(
+        "two_rows",
+        "CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+         CREATE TABLE d (k text COLLATE ci, v int); INSERT INTO d VALUES ('a', 1), ('A', 2);",
+    )
+    .await;
+    f.write("pg.toml", &job("s.csv", "", &pg, "d", ""));
+    let (code, doc, out) = apply_json(f.dir.path(), "pg.toml");
     assert_eq!(code, 3, "{out}");
     let failed = failed(&doc);
-    assert!(
-        failed[0].1.contains("matches 2 destination rows"),
-        "{failed:?}"
-    );
-    let rows = sqlite_text(&f.path("app.db"), "SELECT k || '=' || v FROM d ORDER BY v").await;
-    assert_eq!(rows, [Some("a=1".into()), Some("A=2".into())]);
+    assert!(failed[0].1.contains("matches 2 destination rows"), "{failed:?}");
+    let expected = "VALUES ('a', 1), ('A', 2)";
+    assert_eq!(pg_difference(&pg, "SELECT k::text, v FROM d", expected).await, 0);
 }
 
 /// Source `a`=1 and `A`=2 into a destination holding `a`=1 under a case-insensitive key: `A`
@@ -123,7 +134,10 @@ async fn assert_collision_refused(dir: &std::path::Path, job: &str) {
     let failed = failed(&doc);
     assert_eq!(failed.len(), 1, "{doc}");
     assert_eq!(failed[0].0, "\"A\"", "{doc}");
-    assert!(failed[0].1.contains("collation"), "{failed:?}");
+    // The message is recon's (the key exists under the collation) or the database's own unique
+    // constraint, refused before anything is overwritten.
+    let why = &failed[0].1;
+    assert!(why.contains("collation") || why.contains("UNIQUE constraint"), "{failed:?}");
 }
 
 #[tokio::test]

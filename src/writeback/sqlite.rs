@@ -66,6 +66,8 @@ pub struct Writer {
     conn: SqliteConnection,
     /// The destination table, schema-qualified and quoted.
     table: String,
+    /// Whether rows are found through the key map (tables with a rowid).
+    keymap: bool,
     /// Each key column's affinity, then each compared column's.
     keys: Vec<Affinity>,
     compared: Vec<Affinity>,
@@ -95,8 +97,10 @@ impl Writer {
         let table = qualified(&target.table);
         let declared = declared_types(&mut conn, &target.table).await?;
         let affinity = |c: &String| Affinity::of(declared.get(c).map_or("", String::as_str));
+        let keymap = build_keymap(&mut conn, &table, target).await?;
         Ok(Writer {
             conn,
+            keymap,
             table,
             keys: target.keys.iter().map(affinity).collect(),
             compared: target.compared.iter().map(affinity).collect(),
@@ -159,7 +163,7 @@ impl Writer {
     pub async fn write(&mut self, target: &Target, op: &Op<'_>) -> Result<(), WriteError> {
         let what = op.what(target);
         let affinities = self.affinities(op);
-        let mut query = sqlx::query(AssertSqlSafe(statement(&self.table, target, op)));
+        let mut query = sqlx::query(AssertSqlSafe(statement(&self.table, target, op, self.keymap)));
         for change in op.rows {
             for (cell, affinity) in op.cells(change).zip(&affinities) {
                 query = bind(query, cell, *affinity);
@@ -298,7 +302,10 @@ fn value(cell: &Cell, affinity: Affinity) -> Bound {
 
 /// The batch's statement; updates and deletes touch a row only when the staged key matches
 /// exactly one destination row under the columns' collations (see [`expect_rows`]).
-fn statement(table: &str, target: &Target, op: &Op<'_>) -> String {
+fn statement(table: &str, target: &Target, op: &Op<'_>, keymap: bool) -> String {
+    if keymap {
+        return by_rowid(table, target, op);
+    }
     let names = op.staged_names(target);
     let row = format!("({})", vec!["?"; names.len()].join(", "));
     let with = format!(
@@ -326,6 +333,70 @@ fn statement(table: &str, target: &Target, op: &Op<'_>) -> String {
             "{with} DELETE FROM {table} AS d WHERE EXISTS (SELECT 1 FROM w WHERE {} AND {single})",
             key_matches(target, quote, "d")
         ),
+    }
+}
+
+/// The key map: every destination key with its rowid, read in one pass when the writer starts
+/// and indexed, so that each batch finds its rows by index whatever indexes the table has.
+const KEYMAP: &str = "temp.recon_keymap";
+
+/// Build the key map; `false` when the table has no rowid (`WITHOUT ROWID`), which then is
+/// matched by key directly.
+async fn build_keymap(conn: &mut SqliteConnection, table: &str, target: &Target) -> Result<bool> {
+    let probe = format!("SELECT rowid FROM {table} LIMIT 0");
+    if sqlx::query(AssertSqlSafe(probe)).execute(&mut *conn).await.is_err() {
+        return Ok(false);
+    }
+    let keys: Vec<String> = target
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("{} AS k{i}", quote(k)))
+        .collect();
+    let names: Vec<String> = (0..target.keys.len()).map(|i| format!("k{i}")).collect();
+    let build = format!(
+        "DROP TABLE IF EXISTS {KEYMAP}; CREATE TABLE {KEYMAP} AS SELECT rowid AS rid, {} FROM {table}; CREATE INDEX temp.recon_keymap_keys ON recon_keymap ({})",
+        keys.join(", "),
+        names.join(", ")
+    );
+    sqlx::raw_sql(AssertSqlSafe(build))
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| Error::Writeback {
+            what: format!("reading the keys of `{}`", target.table),
+            source: Box::new(e),
+        })?;
+    Ok(true)
+}
+
+/// Statements through the key map: a staged key finds its one row by rowid (keys are compared
+/// exactly, as the diff compares them, so keys equal only under a collation never meet).
+fn by_rowid(table: &str, target: &Target, op: &Op<'_>) -> String {
+    let names = op.staged_names(target);
+    let row = format!("({})", vec!["?"; names.len()].join(", "));
+    let with = format!(
+        "WITH staged({}) AS (VALUES {})",
+        names.join(", "),
+        vec![row; op.rows.len()].join(", ")
+    );
+    let on: Vec<String> = (0..target.keys.len())
+        .map(|i| format!("m.k{i} = s.k{i}"))
+        .collect();
+    let found = format!("staged AS s JOIN {KEYMAP} AS m ON {}", on.join(" AND "));
+    match op.action {
+        Action::Insert => format!(
+            "{with} INSERT INTO {table} ({}) SELECT {} FROM staged AS s WHERE NOT EXISTS (SELECT 1 FROM {KEYMAP} AS m WHERE {})",
+            op.destination_names(target, quote).join(", "),
+            names.join(", "),
+            on.join(" AND ")
+        ),
+        Action::Update => format!(
+            "{with} UPDATE {table} AS d SET {} FROM (SELECT m.rid AS rid, s.* FROM {found}) AS w WHERE d.rowid = w.rid",
+            op.assignments(target, quote, "")
+        ),
+        Action::Delete => {
+            format!("{with} DELETE FROM {table} WHERE rowid IN (SELECT m.rid FROM {found})")
+        }
     }
 }
 
