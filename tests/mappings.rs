@@ -107,7 +107,11 @@ async fn a_key_matching_two_destination_rows_is_not_overwritten() {
     f.write("lite.toml", &job("s.csv", "", "sqlite://app.db", "d", ""));
     let (code, _, out) = apply_json(f.dir.path(), "lite.toml");
     assert_eq!(code, 0, "{out}");
-    let rows = sqlite_text(&f.path("app.db"), "SELECT k || '=' || v FROM d ORDER BY k COLLATE BINARY").await;
+    let rows = sqlite_text(
+        &f.path("app.db"),
+        "SELECT k || '=' || v FROM d ORDER BY k COLLATE BINARY",
+    )
+    .await;
     assert_eq!(rows, [Some("A=2".into()), Some("a=5".into())]);
     // PostgreSQL matches by key under the column's collation: `a` meets two rows, so nothing is
     // written and the row fails.
@@ -121,9 +125,15 @@ async fn a_key_matching_two_destination_rows_is_not_overwritten() {
     let (code, doc, out) = apply_json(f.dir.path(), "pg.toml");
     assert_eq!(code, 3, "{out}");
     let failed = failed(&doc);
-    assert!(failed[0].1.contains("matches 2 destination rows"), "{failed:?}");
+    assert!(
+        failed[0].1.contains("matches 2 destination rows"),
+        "{failed:?}"
+    );
     let expected = "VALUES ('a', 1), ('A', 2)";
-    assert_eq!(pg_difference(&pg, "SELECT k::text, v FROM d", expected).await, 0);
+    assert_eq!(
+        pg_difference(&pg, "SELECT k::text, v FROM d", expected).await,
+        0
+    );
 }
 
 /// Source `a`=1 and `A`=2 into a destination holding `a`=1 under a case-insensitive key: `A`
@@ -137,7 +147,10 @@ async fn assert_collision_refused(dir: &std::path::Path, job: &str) {
     // The message is recon's (the key exists under the collation) or the database's own unique
     // constraint, refused before anything is overwritten.
     let why = &failed[0].1;
-    assert!(why.contains("collation") || why.contains("UNIQUE constraint"), "{failed:?}");
+    assert!(
+        why.contains("collation") || why.contains("UNIQUE constraint"),
+        "{failed:?}"
+    );
 }
 
 #[tokio::test]

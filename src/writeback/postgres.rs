@@ -19,6 +19,9 @@ use crate::sql::{Dialect, quote, quote_table};
 /// The staging table, always named with its schema (`pg_temp`) so that no table of the user's,
 /// whatever its name, is mistaken for it; the destination table is named with its schema too.
 const TEMP: &str = "pg_temp.recon_staging";
+/// Every destination key with its row's `ctid`, read in one pass when the writer starts and
+/// indexed, so each batch finds its rows by index whatever indexes the table has.
+const KEYMAP: &str = "pg_temp.recon_keymap";
 
 pub struct Writer {
     conn: PgConnection,
@@ -53,9 +56,20 @@ impl Writer {
             )
             .collect();
         let table = resolve_table(&mut conn, &target.table).await?;
+        let keys: Vec<String> = target
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{} AS k{i}", quote(k)))
+            .collect();
+        let key_names: Vec<String> = (0..target.keys.len()).map(|i| format!("k{i}")).collect();
         let create = format!(
-            "SET TimeZone = 'UTC'; CREATE TEMP TABLE {TEMP} AS SELECT {} FROM {table} WITH NO DATA",
+            "SET TimeZone = 'UTC'; CREATE TEMP TABLE {TEMP} AS SELECT {} FROM {table} WITH NO DATA;
+             CREATE TEMP TABLE recon_keymap AS SELECT ctid AS rid, {} FROM {table};
+             CREATE INDEX ON {KEYMAP} ({}); ANALYZE {KEYMAP}",
             columns.join(", "),
+            keys.join(", "),
+            key_names.join(", ")
         );
         sqlx::raw_sql(AssertSqlSafe(create))
             .execute(&mut conn)
@@ -151,14 +165,21 @@ async fn resolve_table(conn: &mut PgConnection, table: &str) -> Result<String> {
     })
 }
 
-/// The batch's statement. Updates and deletes touch a destination row only when the staged key
-/// matches exactly one row, so a key that the destination's collation finds twice changes nothing
-/// (the row count then tells, see [`expect_rows`]).
+/// The batch's statement. Rows are found through the key map (keys compared under the
+/// destination's own collation); updates and deletes touch a row only when its staged key
+/// matches exactly one, so a key that the collation finds twice changes nothing (the row count
+/// then tells, see [`expect_rows`]).
 fn statement(table: &str, target: &Target, op: &Op<'_>) -> String {
-    let matches = key_matches(target, quote, "d");
-    let single = format!(
-        "(SELECT count(*) FROM {table} d2 WHERE {}) = 1",
-        key_matches(target, quote, "d2")
+    let on = |a: &str, b: &str| {
+        let parts: Vec<String> = (0..target.keys.len())
+            .map(|i| format!("{a}.k{i} = {b}.k{i}"))
+            .collect();
+        parts.join(" AND ")
+    };
+    let found = format!(
+        "(SELECT m.rid, s.* FROM {TEMP} s JOIN {KEYMAP} m ON {} WHERE (SELECT count(*) FROM {KEYMAP} m2 WHERE {}) = 1)",
+        on("m", "s"),
+        on("m2", "s")
     );
     match op.action {
         Action::Insert => {
@@ -168,17 +189,18 @@ fn statement(table: &str, target: &Target, op: &Op<'_>) -> String {
                 .map(|n| format!("w.{n}"))
                 .collect();
             format!(
-                "INSERT INTO {table} ({}) SELECT {} FROM {TEMP} w WHERE NOT EXISTS (SELECT 1 FROM {table} d WHERE {matches})",
+                "INSERT INTO {table} ({}) SELECT {} FROM {TEMP} w WHERE NOT EXISTS (SELECT 1 FROM {KEYMAP} m WHERE {})",
                 op.destination_names(target, quote).join(", "),
-                staged.join(", ")
+                staged.join(", "),
+                on("m", "w")
             )
         }
         Action::Update => format!(
-            "UPDATE {table} AS d SET {} FROM {TEMP} w WHERE {matches} AND {single}",
+            "UPDATE {table} AS d SET {} FROM {found} AS w WHERE d.ctid = w.rid",
             op.assignments(target, quote, "")
         ),
         Action::Delete => {
-            format!("DELETE FROM {table} AS d USING {TEMP} w WHERE {matches} AND {single}")
+            format!("DELETE FROM {table} AS d USING {found} AS w WHERE d.ctid = w.rid")
         }
     }
 }

@@ -163,7 +163,12 @@ impl Writer {
     pub async fn write(&mut self, target: &Target, op: &Op<'_>) -> Result<(), WriteError> {
         let what = op.what(target);
         let affinities = self.affinities(op);
-        let mut query = sqlx::query(AssertSqlSafe(statement(&self.table, target, op, self.keymap)));
+        let mut query = sqlx::query(AssertSqlSafe(statement(
+            &self.table,
+            target,
+            op,
+            self.keymap,
+        )));
         for change in op.rows {
             for (cell, affinity) in op.cells(change).zip(&affinities) {
                 query = bind(query, cell, *affinity);
@@ -344,7 +349,11 @@ const KEYMAP: &str = "temp.recon_keymap";
 /// matched by key directly.
 async fn build_keymap(conn: &mut SqliteConnection, table: &str, target: &Target) -> Result<bool> {
     let probe = format!("SELECT rowid FROM {table} LIMIT 0");
-    if sqlx::query(AssertSqlSafe(probe)).execute(&mut *conn).await.is_err() {
+    if sqlx::query(AssertSqlSafe(probe))
+        .execute(&mut *conn)
+        .await
+        .is_err()
+    {
         return Ok(false);
     }
     let keys: Vec<String> = target
