@@ -1,5 +1,5 @@
 //! The run's DataFusion session, in bounded memory: a memory pool of `[engine] memory_limit`
-//! (`--memory-limit`; by default a quarter of the machine's memory, at least 256 MB) with sorts,
+//! (`--memory-limit`; by default a quarter of the machine's memory, between 256 MB and 2 GB) with sorts,
 //! aggregations and joins spilling to a private work folder under `[engine] spill_dir` (default:
 //! the system temp dir). The work folder also holds the staged snapshots (src/stage.rs). It is
 //! removed when the session ends, and folders left by a run that crashed are removed by the next.
@@ -15,8 +15,9 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use crate::config::Job;
 use crate::error::{Error, Result};
 
-/// Smallest default memory budget.
+/// Smallest and largest default memory budget.
 const MIN_DEFAULT: u64 = 256 << 20;
+const MAX_DEFAULT: u64 = 2 << 30;
 /// Prefix of work folders, followed by the owning process id.
 const PREFIX: &str = "recon-run-";
 
@@ -81,7 +82,7 @@ pub fn default_memory_limit() -> u64 {
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
         .map_or(4 << 30, |kb| kb * 1024);
-    (total / 4).max(MIN_DEFAULT)
+    (total / 4).clamp(MIN_DEFAULT, MAX_DEFAULT)
 }
 
 /// `1GB`, `256MB`, `512MiB`, `2g`, or a byte count.
