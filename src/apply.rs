@@ -44,7 +44,7 @@ pub async fn apply(job: &Job, options: &ApplyOptions, progress: &Progress) -> Re
     let started_at = now();
     let saved = state.get().await?;
     let read = crate::source_read(job, saved.clone())?;
-    let changeset = crate::diff_snapshots(job, None, true, &read, progress).await?;
+    let changeset = crate::diff_snapshots(job, None, true, &read, progress, None).await?;
     let mut run = Run {
         command: "apply".into(),
         started_at,

@@ -50,13 +50,32 @@ pub use state::State;
 /// `limit` caps the listed changes (counts are always complete); `None` lists all. In incremental
 /// mode the source is read from the saved watermark (the state store is only read).
 pub async fn plan(job: &Job, limit: Option<usize>, progress: &Progress) -> Result<Changeset> {
-    let uses_state = matches!(&job.source.relation, config::Relation::Query(q) if q.contains("$watermark") || q.contains("$state."));
-    let state = match job.source.cursor.is_some() || uses_state {
+    let state = match job.source.cursor.is_some() || uses_state(job) {
         true => State::peek(job).await?,
         false => None,
     };
     let read = source_read(job, state)?;
-    diff_snapshots(job, limit, false, &read, progress).await
+    diff_snapshots(job, limit, false, &read, progress, None).await
+}
+
+/// As [`plan`], handing every change to `sink` as the diff produces it instead of listing it:
+/// the returned changeset has the complete counts and no listed changes.
+pub async fn plan_streaming(
+    job: &Job,
+    progress: &Progress,
+    sink: &mut diff::ChangeSink<'_>,
+) -> Result<Changeset> {
+    let state = match job.source.cursor.is_some() || uses_state(job) {
+        true => State::peek(job).await?,
+        false => None,
+    };
+    let read = source_read(job, state)?;
+    diff_snapshots(job, None, false, &read, progress, Some(sink)).await
+}
+
+/// Whether the source `query` refers to the saved state.
+fn uses_state(job: &Job) -> bool {
+    matches!(&job.source.relation, config::Relation::Query(q) if q.contains("$watermark") || q.contains("$state."))
 }
 
 /// How a job reads its source given its saved state: the window in incremental mode, and the
@@ -84,6 +103,7 @@ pub async fn diff_snapshots(
     cells: bool,
     read: &watermark::SourceRead,
     progress: &Progress,
+    sink: Option<&mut diff::ChangeSink<'_>>,
 ) -> Result<Changeset> {
     let ctx = engine::session(job)?;
     connect::register_both(&ctx, job, None, progress, Some(read)).await?;
@@ -100,5 +120,5 @@ pub async fn diff_snapshots(
         }
         None => diff::passes(sizes[0].min(sizes[1]), engine::memory_limit(&ctx)),
     };
-    diff::changeset_with(&ctx, job, limit, cells, passes).await
+    diff::changeset_with(&ctx, job, limit, cells, passes, sink).await
 }

@@ -75,11 +75,21 @@ async fn run(command: Command, progress: Progress) -> recon::Result<u8> {
 async fn plan(args: PlanArgs, progress: Progress) -> recon::Result<u8> {
     let job = load(&args.job)?;
     let limit = args.limit.or(args.format.default_limit());
-    let changeset = recon::plan(&job, limit, &progress).await?;
-    report::emit(
-        &report::render(&changeset, args.format),
-        args.output.as_deref(),
-    )?;
+    let changeset = if args.format.streams() {
+        // json, jsonl and csv are written as the diff produces them.
+        let mut out = report::Stream::new(args.format, args.output.as_deref(), limit)?;
+        let mut sink = |shell: &recon::Changeset, change: recon::Change| out.change(shell, &change);
+        let changeset = recon::plan_streaming(&job, &progress, &mut sink).await?;
+        out.finish(&changeset)?;
+        changeset
+    } else {
+        let changeset = recon::plan(&job, limit, &progress).await?;
+        report::emit(
+            &report::render(&changeset, args.format),
+            args.output.as_deref(),
+        )?;
+        changeset
+    };
     Ok(if args.exit_code && changeset.summary.changes() > 0 {
         EXIT_DRIFT
     } else {

@@ -127,3 +127,37 @@ async fn each_remote_side_is_read_once() {
     let after = (scans(&url, "s").await, scans(&url, "d").await);
     assert_eq!((after.0 - before.0, after.1 - before.1), (1, 1));
 }
+
+#[tokio::test]
+async fn streamed_output_is_complete_and_a_failed_run_leaves_no_file() {
+    let url = postgres("streamed", &drift(30_000)).await;
+    let (insert, update, delete) = expected(&url).await;
+    let f = Folder::new();
+    f.write("job.toml", &job(&url));
+    let (code, out, err) = recon(&["plan", "job.toml", "-f", "jsonl"], f.dir.path());
+    assert_eq!(code, 0, "{err}");
+    let lines = out.lines().count() as i64;
+    assert_eq!(lines, insert + update + delete);
+    let (code, _, err) = recon(
+        &["plan", "job.toml", "-f", "json", "-o", "all.json"],
+        f.dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let doc = json(&std::fs::read_to_string(f.path("all.json")).unwrap());
+    assert_eq!(doc["changes"].as_array().unwrap().len() as i64, lines);
+    assert_eq!(doc["summary"]["delete"].as_i64(), Some(delete));
+    // A NULL key stops the run after the output was opened: nothing is left behind.
+    pg_exec(&url, "INSERT INTO s VALUES (NULL, 'x', 1, 1)").await;
+    let (code, _, err) = recon(
+        &["plan", "job.toml", "-f", "csv", "-o", "out.csv"],
+        f.dir.path(),
+    );
+    assert_eq!(code, 1, "{err}");
+    let left: Vec<_> = std::fs::read_dir(f.dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("out.csv"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

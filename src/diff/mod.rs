@@ -52,8 +52,12 @@ pub async fn resolve_registered(ctx: &SessionContext, job: &Job) -> Result<Resol
 
 /// Compute the changeset of the registered snapshots, listing at most `limit` changes.
 pub async fn changeset(ctx: &SessionContext, job: &Job, limit: Option<usize>) -> Result<Changeset> {
-    changeset_with(ctx, job, limit, false, 1).await
+    changeset_with(ctx, job, limit, false, 1, None).await
 }
+
+/// Receives every change as the diff produces it, with the changeset's job and columns (its
+/// `changes` empty): output that is written as it is produced, holding no changeset in memory.
+pub type ChangeSink<'a> = dyn FnMut(&Changeset, crate::changeset::Change) -> Result<()> + Send + 'a;
 
 /// As [`changeset`]; with `cells`, each listed change also carries typed cells for writeback.
 /// The key checks and the diff run in `passes` passes over the staged snapshots (src/diff/bucket.rs);
@@ -64,8 +68,18 @@ pub async fn changeset_with(
     limit: Option<usize>,
     cells: bool,
     passes: u64,
+    mut sink: Option<&mut ChangeSink<'_>>,
 ) -> Result<Changeset> {
     let resolved = resolve_registered(ctx, job).await?;
+    let shell = Changeset {
+        job: job.name.clone(),
+        key_columns: resolved.key_names(),
+        compared_columns: resolved.compared_names(),
+        summary: Default::default(),
+        changes: Vec::new(),
+        cursor_max: None,
+    };
+    let limit = if sink.is_some() { None } else { limit };
     register_view(ctx, Side::Source, &resolved).await?;
     register_view(ctx, Side::Destination, &resolved).await?;
     let passes = if job.diff_query.is_some() {
@@ -103,6 +117,11 @@ pub async fn changeset_with(
         let mut stream = sql(ctx, &query).await?.execute_stream().await?;
         while let Some(batch) = stream.next().await {
             collector.add(&batch?)?;
+            if let Some(sink) = sink.as_mut() {
+                for change in collector.changes.drain(..) {
+                    sink(&shell, change)?;
+                }
+            }
         }
         if resolved.cursor.is_some() {
             let max = sql(ctx, "SELECT max(cur) AS m FROM s")
@@ -132,12 +151,10 @@ pub async fn changeset_with(
         .source_rows
         .saturating_sub(summary.insert + summary.update);
     Ok(Changeset {
-        job: job.name.clone(),
-        key_columns: resolved.key_names(),
-        compared_columns: resolved.compared_names(),
         summary,
         changes: collector.changes,
         cursor_max,
+        ..shell
     })
 }
 

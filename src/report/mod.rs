@@ -8,6 +8,10 @@ use std::path::Path;
 
 use serde_json::{Map, Value, json};
 
+mod stream;
+
+pub use stream::Stream;
+
 use crate::changeset::{Action, Change, Changeset, display};
 use crate::error::{Error, Result};
 
@@ -21,6 +25,11 @@ pub enum Format {
 }
 
 impl Format {
+    /// Formats written change by change as the diff produces them.
+    pub fn streams(self) -> bool {
+        matches!(self, Format::Json | Format::Jsonl | Format::Csv)
+    }
+
     /// Rows listed when `--limit` is not given: a screenful for people, everything for machines.
     pub fn default_limit(self) -> Option<usize> {
         match self {
@@ -46,16 +55,7 @@ pub fn emit(text: &str, output: Option<&Path>) -> Result<()> {
         path: path.to_path_buf(),
         source,
     };
-    if path.is_dir() {
-        return Err(write_error(std::io::Error::new(
-            std::io::ErrorKind::IsADirectory,
-            "it is a folder; give a file name, e.g. `-o changes.json`",
-        )));
-    }
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".recon-tmp");
-    let tmp = path.with_file_name(name);
-    let _ = std::fs::remove_file(&tmp);
+    let tmp = temporary(path)?;
     let written = write_private(&tmp, text).and_then(|_| std::fs::rename(&tmp, path));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -63,13 +63,36 @@ pub fn emit(text: &str, output: Option<&Path>) -> Result<()> {
     written.map_err(write_error)
 }
 
-/// Write a new file readable by its owner only (0600, whatever the umask): reports hold row data.
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+/// The temporary file beside `path` that a report is written to before it is renamed into
+/// place; a `path` that is a folder is refused.
+fn temporary(path: &Path) -> Result<std::path::PathBuf> {
+    if path.is_dir() {
+        return Err(Error::Write {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::IsADirectory,
+                "it is a folder; give a file name, e.g. `-o changes.json`",
+            ),
+        });
+    }
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".recon-tmp");
+    let tmp = path.with_file_name(name);
+    let _ = std::fs::remove_file(&tmp);
+    Ok(tmp)
+}
+
+/// A new file readable by its owner only (0600, whatever the umask): reports hold row data.
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
+    options.open(path)
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut file = create_private(path)?;
     file.write_all(text.as_bytes())?;
     file.sync_all()
 }
@@ -287,6 +310,14 @@ fn csv_value(value: &Value) -> String {
 
 /// `action, <key columns>, id, changed, <column>, <column>_before, …`: one row per change.
 fn csv(changeset: &Changeset) -> String {
+    let mut out = csv_header(changeset);
+    for change in &changeset.changes {
+        out.push_str(&csv_row(changeset, change));
+    }
+    out
+}
+
+fn csv_header(changeset: &Changeset) -> String {
     let mut header: Vec<String> = vec!["action".into()];
     header.extend(changeset.key_columns.iter().map(|k| csv_field(k)));
     header.extend(["id".into(), "changed".into()]);
@@ -294,27 +325,26 @@ fn csv(changeset: &Changeset) -> String {
         header.push(csv_field(c));
         header.push(csv_field(&format!("{c}_before")));
     }
-    let mut out = header.join(",") + "\n";
-    for change in &changeset.changes {
-        let mut row = vec![change.action.name().to_string()];
-        row.extend(change.key.iter().map(csv_value));
-        row.push(csv_value(&change.id));
-        let changed: Vec<&str> = changeset
-            .compared_columns
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| change.changed[*i])
-            .map(|(_, c)| c.as_str())
-            .collect();
-        row.push(csv_field(&changed.join(";")));
-        for i in 0..changeset.compared_columns.len() {
-            row.push(csv_value(&change.source[i]));
-            row.push(csv_value(&change.destination[i]));
-        }
-        out.push_str(&row.join(","));
-        out.push('\n');
+    header.join(",") + "\n"
+}
+
+fn csv_row(changeset: &Changeset, change: &Change) -> String {
+    let mut row = vec![change.action.name().to_string()];
+    row.extend(change.key.iter().map(csv_value));
+    row.push(csv_value(&change.id));
+    let changed: Vec<&str> = changeset
+        .compared_columns
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| change.changed[*i])
+        .map(|(_, c)| c.as_str())
+        .collect();
+    row.push(csv_field(&changed.join(";")));
+    for i in 0..changeset.compared_columns.len() {
+        row.push(csv_value(&change.source[i]));
+        row.push(csv_value(&change.destination[i]));
     }
-    out
+    row.join(",") + "\n"
 }
 
 /// Render an apply: the plan's output plus what was written and what failed.
