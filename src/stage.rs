@@ -21,6 +21,9 @@ use datafusion::arrow::record_batch::RecordBatch;
 use crate::error::Side;
 use crate::snapshot::{ColumnError, Facts, convert};
 
+/// Rows per staged file.
+const SEGMENT_ROWS: usize = 131_072;
+
 /// A side's rows as staged files: all of `schema`, in the folder `dir`.
 #[derive(Debug, Clone)]
 pub struct Staged {
@@ -65,10 +68,12 @@ impl Stager {
     /// Write one batch. Connectors push at least one batch (empty when the side has no rows) so
     /// that the columns are known.
     pub fn push(&mut self, batch: RecordBatch) -> Result<(), ColumnError> {
+        // A new segment when the type changes, and every SEGMENT_ROWS rows: DataFusion reads an
+        // IPC file a whole file at a time, so small files keep every scan's memory small.
         let same = self
             .segments
             .last()
-            .is_some_and(|s| s.schema == batch.schema());
+            .is_some_and(|s| s.schema == batch.schema() && s.rows < SEGMENT_ROWS);
         if batch.num_rows() == 0 && !self.segments.is_empty() {
             return Ok(());
         }
