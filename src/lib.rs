@@ -120,5 +120,8 @@ pub async fn diff_snapshots(
         }
         None => diff::passes(sizes[0].min(sizes[1]), engine::memory_limit(&ctx)),
     };
-    diff::changeset_with(&ctx, job, limit, cells, passes, sink).await
+    let step = progress.step("comparing");
+    let changeset = diff::changeset_with(&ctx, job, limit, cells, passes, sink).await;
+    step.done();
+    changeset
 }

@@ -1,4 +1,5 @@
-//! Progress on stderr: one line per side while snapshots load ("source: 120,000 rows"). Hidden
+//! Progress on stderr: one line per side while snapshots load ("source: 120,000 rows read in 2s
+//! (60,000/s)"), then the comparison, then writes. Hidden
 //! when stderr is not a terminal or when `--no-progress`/`--quiet` is given, so piped and cron
 //! output stays clean.
 
@@ -35,7 +36,7 @@ impl Progress {
             return RowCounter(ProgressBar::hidden());
         };
         let style = ProgressStyle::with_template(
-            "{spinner} {prefix}: {human_pos} rows read in {elapsed} {msg}",
+            "{spinner} {prefix}: {human_pos} rows read in {elapsed} ({per_sec}) {msg}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_spinner());
         let bar = multi.add(
@@ -55,10 +56,24 @@ impl Progress {
             return RowCounter(ProgressBar::hidden());
         };
         let style = ProgressStyle::with_template(
-            "{prefix}: {bar:30} {human_pos}/{human_len} rows ({eta} left) {msg}",
+            "{prefix}: {bar:30} {human_pos}/{human_len} rows ({per_sec}, {eta} left) {msg}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar());
         RowCounter(multi.add(ProgressBar::new(total).with_style(style).with_prefix(label)))
+    }
+}
+
+impl Progress {
+    /// A spinner for a step without a count (the comparison).
+    pub fn step(&self, label: &'static str) -> RowCounter {
+        let Some(multi) = &self.multi else {
+            return RowCounter(ProgressBar::hidden());
+        };
+        let style = ProgressStyle::with_template("{spinner} {prefix} for {elapsed} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner());
+        let bar = multi.add(ProgressBar::new_spinner().with_style(style).with_prefix(label));
+        bar.enable_steady_tick(Duration::from_millis(120));
+        RowCounter(bar)
     }
 }
 
