@@ -16,6 +16,8 @@ pub const SAMPLE_ROWS: usize = 1000;
 pub struct CheckReport {
     /// One line per side that could be read: `source: postgres://…/dw (3 columns)`.
     pub reached: Vec<String>,
+    /// Advice that is not a problem (a match key without an index).
+    pub notes: Vec<String>,
     pub problems: Vec<Error>,
 }
 
@@ -58,6 +60,11 @@ pub async fn check(job: &Job, progress: &Progress) -> CheckReport {
                 "the diff_query file does not exist",
             ),
         });
+    }
+    if report.ok()
+        && let Ok(Some(note)) = connect::missing_index_note(job).await
+    {
+        report.notes.push(note);
     }
     if report.ok() {
         match diff::resolve_registered(&ctx, job).await {

@@ -161,6 +161,9 @@ async fn check(job: &Job, progress: &Progress) -> recon::Result<u8> {
     for line in &found.reached {
         text.push_str(&format!("reached {line}\n"));
     }
+    for note in &found.notes {
+        text.push_str(&format!("{note}\n"));
+    }
     if found.ok() {
         text.push_str("ok: both sides and the state store are reachable, and every mapped column exists and compares\n");
         report::emit(&text, None)?;

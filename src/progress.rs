@@ -71,7 +71,11 @@ impl Progress {
         };
         let style = ProgressStyle::with_template("{spinner} {prefix} for {elapsed} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_spinner());
-        let bar = multi.add(ProgressBar::new_spinner().with_style(style).with_prefix(label));
+        let bar = multi.add(
+            ProgressBar::new_spinner()
+                .with_style(style)
+                .with_prefix(label),
+        );
         bar.enable_steady_tick(Duration::from_millis(120));
         RowCounter(bar)
     }

@@ -161,3 +161,29 @@ async fn streamed_output_is_complete_and_a_failed_run_leaves_no_file() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[tokio::test]
+async fn check_says_when_the_match_key_has_no_index() {
+    let f = Folder::new();
+    f.write("s.csv", "k,v\na,1\n");
+    let lite = "CREATE TABLE d (k TEXT, v INT);";
+    f.sqlite("app.db", lite).await;
+    let pg = postgres("index_note", lite).await;
+    let my = mariadb("index_note", "CREATE TABLE d (k VARCHAR(10), v INT);").await;
+    let run = |url: &str| {
+        let text = format!(
+            "[source]\nurl = \"s.csv\"\n[destination]\nurl = \"{url}\"\ntable = \"d\"\n[match]\nk = \"k\"\n"
+        );
+        f.write("job.toml", &text);
+        let (code, out, err) = recon(&["check", "job.toml"], f.dir.path());
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    for url in ["sqlite://app.db", pg.as_str(), my.as_str()] {
+        assert!(run(url).contains("leads no index"), "{url}");
+    }
+    pg_exec(&pg, "CREATE INDEX ON d (k)").await;
+    assert!(!run(&pg).contains("leads no index"));
+    f.sqlite("app.db", "CREATE INDEX d_k ON d (k);").await;
+    assert!(!run("sqlite://app.db").contains("leads no index"));
+}

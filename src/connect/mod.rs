@@ -4,10 +4,12 @@
 //! scanned in place. Both sides are read at the same time.
 
 mod files;
+mod index;
 mod mysql;
 mod pgbinary;
 mod postgres;
 
+pub use index::missing_index_note;
 pub use postgres::pg_options;
 mod sqlite;
 
