@@ -34,6 +34,12 @@ pub fn quote_table(dialect: Dialect, name: &str) -> String {
         .join(".")
 }
 
+/// The table's own name without its schema (`sales.Orders` → `Orders`), as catalog functions
+/// such as SQLite's `pragma_table_info` take it.
+pub fn table_name(name: &str) -> String {
+    split_qualified(name).pop().unwrap_or_default()
+}
+
 fn split_qualified(name: &str) -> Vec<String> {
     let mut parts = vec![String::new()];
     let mut quoted: Option<char> = None;

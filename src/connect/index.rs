@@ -32,12 +32,7 @@ pub async fn missing_index_note(job: &Job) -> Result<Option<String>> {
         }
         Location::Sqlite(path) => {
             let mut conn = super::sqlite::open(&job.destination, path).await?;
-            let name = table
-                .rsplit('.')
-                .next()
-                .unwrap_or(table)
-                .trim_matches('"')
-                .to_string();
+            let name = crate::sql::table_name(table);
             sqlx::query_scalar::<_, bool>(AssertSqlSafe(
                 "SELECT EXISTS (SELECT 1 FROM pragma_index_list(?1) l, pragma_index_info(l.name) i
                    WHERE i.seqno = 0 AND i.name = ?2)

@@ -63,6 +63,20 @@ pub struct Target {
     pub compared: Vec<String>,
 }
 
+impl Target {
+    /// `"code" AS k0, …` and `k0, …`: the key columns as staging and key maps name them.
+    pub fn staged_keys(&self, quote: fn(&str) -> String) -> (Vec<String>, Vec<String>) {
+        let aliased = self
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{} AS k{i}", quote(k)))
+            .collect();
+        let names = (0..self.keys.len()).map(|i| format!("k{i}")).collect();
+        (aliased, names)
+    }
+}
+
 /// One statement's worth of rows: an action, the compared columns it writes (by index) and rows.
 pub struct Op<'a> {
     pub action: Action,

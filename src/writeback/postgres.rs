@@ -56,13 +56,7 @@ impl Writer {
             )
             .collect();
         let table = resolve_table(&mut conn, &target.table).await?;
-        let keys: Vec<String> = target
-            .keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| format!("{} AS k{i}", quote(k)))
-            .collect();
-        let key_names: Vec<String> = (0..target.keys.len()).map(|i| format!("k{i}")).collect();
+        let (keys, key_names) = target.staged_keys(quote);
         let create = format!(
             "SET TimeZone = 'UTC'; CREATE TEMP TABLE {TEMP} AS SELECT {} FROM {table} WITH NO DATA;
              CREATE TEMP TABLE recon_keymap AS SELECT ctid AS rid, {} FROM {table};

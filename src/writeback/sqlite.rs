@@ -209,12 +209,7 @@ async fn declared_types(
     table: &str,
 ) -> Result<std::collections::HashMap<String, String>> {
     let pragma = "SELECT name, type FROM pragma_table_xinfo(?)";
-    let name = table
-        .rsplit('.')
-        .next()
-        .unwrap_or(table)
-        .trim_matches('"')
-        .to_string();
+    let name = crate::sql::table_name(table);
     let rows: Vec<(String, String)> = sqlx::query_as(AssertSqlSafe(pragma))
         .bind(name)
         .fetch_all(conn)
@@ -356,13 +351,7 @@ async fn build_keymap(conn: &mut SqliteConnection, table: &str, target: &Target)
     {
         return Ok(false);
     }
-    let keys: Vec<String> = target
-        .keys
-        .iter()
-        .enumerate()
-        .map(|(i, k)| format!("{} AS k{i}", quote(k)))
-        .collect();
-    let names: Vec<String> = (0..target.keys.len()).map(|i| format!("k{i}")).collect();
+    let (keys, names) = target.staged_keys(quote);
     let build = format!(
         "DROP TABLE IF EXISTS {KEYMAP}; CREATE TABLE {KEYMAP} AS SELECT rowid AS rid, {} FROM {table}; CREATE INDEX temp.recon_keymap_keys ON recon_keymap ({})",
         keys.join(", "),
