@@ -21,6 +21,8 @@ pub struct ApplyOptions {
     pub force: bool,
     /// Let an empty source snapshot delete destination rows.
     pub allow_empty_source: bool,
+    /// How many changes the report lists (`None`: all); every change is written regardless.
+    pub list: Option<usize>,
 }
 
 /// What an apply did.
@@ -44,7 +46,17 @@ pub async fn apply(job: &Job, options: &ApplyOptions, progress: &Progress) -> Re
     let started_at = now();
     let saved = state.get().await?;
     let read = crate::source_read(job, saved.clone())?;
-    let changeset = crate::diff_snapshots(job, None, true, &read, progress, None).await?;
+    // The changeset goes to a local spool as the diff produces it; only the listed changes stay.
+    let spill = job
+        .engine
+        .spill_dir
+        .clone()
+        .unwrap_or_else(std::env::temp_dir);
+    let mut spool = writeback::Spool::create(&spill, options.list)?;
+    let mut sink = |_: &Changeset, change: crate::changeset::Change| spool.push(change);
+    let mut changeset =
+        crate::diff_snapshots(job, None, true, &read, progress, Some(&mut sink)).await?;
+    changeset.changes = spool.close()?;
     let mut run = Run {
         command: "apply".into(),
         started_at,
@@ -63,7 +75,8 @@ pub async fn apply(job: &Job, options: &ApplyOptions, progress: &Progress) -> Re
         return Err(refusal);
     }
     pause_point("before-write");
-    let outcome = match writeback::write(job, &changeset, job.write.deletes, progress).await {
+    let outcome = match writeback::write(job, &changeset, &spool, job.write.deletes, progress).await
+    {
         Ok(outcome) => outcome,
         Err(e) => {
             run.outcome = "error".into();

@@ -2,10 +2,10 @@
 //! are JSON values so that every output format renders them the same way: integers and floats as
 //! numbers, decimals as exact strings (`"10.50"`), timestamps as ISO-8601 text, NULL as `null`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     /// In the source, missing in the destination.
@@ -53,7 +53,7 @@ impl Summary {
 }
 
 /// One changed key.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Change {
     pub action: Action,
     /// The key, one value per key column.
@@ -71,7 +71,7 @@ pub struct Change {
 }
 
 /// Typed values of one change, as writeback binds them.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Cells {
     pub key: Vec<Cell>,
     pub source: Vec<Cell>,
@@ -80,12 +80,13 @@ pub struct Cells {
 }
 
 /// One typed value, converted from Arrow; what a database driver binds.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Cell {
     Null,
     Bool(bool),
     Int(i64),
-    Float(f64),
+    /// Spooled by its bits, so NaN and -0 survive (JSON has neither).
+    Float(#[serde(with = "f64_bits")] f64),
     /// Exact decimal digits, e.g. `-12.50`.
     Decimal(String),
     Text(String),
@@ -135,5 +136,18 @@ pub fn display(value: &Value) -> String {
         Value::Null => "NULL".into(),
         Value::String(s) => s.clone(),
         other => other.to_string(),
+    }
+}
+
+/// An f64 as its IEEE-754 bits.
+mod f64_bits {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(f: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(f.to_bits())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        u64::deserialize(d).map(f64::from_bits)
     }
 }

@@ -103,11 +103,9 @@ async fn apply(args: ApplyArgs, progress: Progress) -> recon::Result<u8> {
         max_changes: args.max_changes,
         force: args.force,
         allow_empty_source: args.allow_empty_source,
+        list: args.limit.or(args.format.default_limit()),
     };
-    let mut report = recon::apply(&job, &options, &progress).await?;
-    if let Some(limit) = args.limit.or(args.format.default_limit()) {
-        report.changeset.changes.truncate(limit);
-    }
+    let report = recon::apply(&job, &options, &progress).await?;
     report::emit(
         &report::render_apply(&report, args.format),
         args.output.as_deref(),

@@ -10,7 +10,10 @@
 
 mod mysql;
 mod postgres;
+mod spool;
 mod sqlite;
+
+pub use spool::Spool;
 
 use std::collections::BTreeMap;
 
@@ -252,14 +255,17 @@ pub fn target(job: &Job, changeset: &Changeset) -> Result<Target> {
     })
 }
 
-/// Write the changeset; deletes only when `deletes`.
+/// Write the spooled changeset (`shape` names its job and columns and holds its counts): deletes
+/// first (only when `deletes`), then updates, then inserts, read back `batch_size` changes at a
+/// time, updates grouped by their changed columns within each batch.
 pub async fn write(
     job: &Job,
-    changeset: &Changeset,
+    shape: &Changeset,
+    spool: &Spool,
     deletes: bool,
     progress: &Progress,
 ) -> Result<Outcome> {
-    let target = target(job, changeset)?;
+    let target = target(job, shape)?;
     let mut writer = match &job.destination.location {
         Location::Postgres(url) => {
             Writer::Postgres(postgres::Writer::connect(&job.destination, url, &target).await?)
@@ -275,58 +281,71 @@ pub async fn write(
         }
     };
     let mut outcome = Outcome::default();
-    let groups = groups(changeset, deletes);
-    let total: usize = groups.iter().map(|(_, _, rows)| rows.len()).sum();
-    let counter = progress.bar("writing", total as u64);
-    for (action, columns, rows) in &groups {
-        let per_row = target.keys.len() + columns.len();
-        let size = job.write.batch_size.min(writer.max_rows(per_row));
-        for chunk in rows.chunks(size) {
-            pause_point("before-batch");
-            let op = Op {
-                action: *action,
-                columns,
-                rows: chunk,
-            };
-            isolate(&mut writer, &target, changeset, op, &mut outcome).await?;
-            counter.add(chunk.len());
-            pause_point("after-batch");
+    let s = &shape.summary;
+    let total = s.insert + s.update + if deletes { s.delete } else { 0 };
+    let counter = progress.bar("writing", total);
+    let mut actions = Vec::new();
+    if deletes {
+        actions.push(Action::Delete);
+    }
+    actions.extend([Action::Update, Action::Insert]);
+    for action in actions {
+        let mut changes = spool.read(action)?;
+        loop {
+            let chunk = changes
+                .by_ref()
+                .take(job.write.batch_size)
+                .collect::<Result<Vec<Change>>>()?;
+            if chunk.is_empty() {
+                break;
+            }
+            for (columns, rows) in groups(shape, action, &chunk) {
+                let per_row = target.keys.len() + columns.len();
+                let size = job.write.batch_size.min(writer.max_rows(per_row));
+                for part in rows.chunks(size) {
+                    pause_point("before-batch");
+                    let op = Op {
+                        action,
+                        columns: &columns,
+                        rows: part,
+                    };
+                    isolate(&mut writer, &target, shape, op, &mut outcome).await?;
+                    counter.add(part.len());
+                    pause_point("after-batch");
+                }
+            }
         }
     }
     counter.done();
     Ok(outcome)
 }
 
-/// Deletes (when on), then updates grouped by their changed columns, then inserts (all compared
-/// columns). Deletes go first so that a key the destination's collation treats as equal to a new
-/// one (`a` deleted, `A` inserted) is gone before the insert, and a unique value held by a deleted
-/// row is free for the row that takes it.
-fn groups(changeset: &Changeset, deletes: bool) -> Vec<(Action, Vec<usize>, Vec<&Change>)> {
-    let all: Vec<usize> = (0..changeset.compared_columns.len()).collect();
-    let of = |a: Action| changeset.changes.iter().filter(move |c| c.action == a);
-    let mut out = Vec::new();
-    if deletes {
-        out.push((Action::Delete, Vec::new(), of(Action::Delete).collect()));
+/// One batch's changes by the compared columns they write: every column for inserts, none for
+/// deletes, the changed ones for updates.
+fn groups<'c>(
+    shape: &Changeset,
+    action: Action,
+    chunk: &'c [Change],
+) -> Vec<(Vec<usize>, Vec<&'c Change>)> {
+    let all: Vec<usize> = (0..shape.compared_columns.len()).collect();
+    match action {
+        Action::Insert => vec![(all, chunk.iter().collect())],
+        Action::Delete => vec![(Vec::new(), chunk.iter().collect())],
+        Action::Update => {
+            let mut by_columns: BTreeMap<Vec<usize>, Vec<&Change>> = BTreeMap::new();
+            for c in chunk {
+                let columns = c
+                    .changed
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, x)| **x)
+                    .map(|(i, _)| i)
+                    .collect();
+                by_columns.entry(columns).or_default().push(c);
+            }
+            by_columns.into_iter().collect()
+        }
     }
-    let mut updates: BTreeMap<Vec<usize>, Vec<&Change>> = BTreeMap::new();
-    for c in of(Action::Update) {
-        let columns = c
-            .changed
-            .iter()
-            .enumerate()
-            .filter(|(_, x)| **x)
-            .map(|(i, _)| i)
-            .collect();
-        updates.entry(columns).or_default().push(c);
-    }
-    out.extend(
-        updates
-            .into_iter()
-            .map(|(cols, rows)| (Action::Update, cols, rows)),
-    );
-    out.push((Action::Insert, all, of(Action::Insert).collect::<Vec<_>>()));
-    out.retain(|(_, _, rows)| !rows.is_empty());
-    out
 }
 
 /// Write one batch; when the database refuses it, split until the refused rows stand alone.
