@@ -5,8 +5,10 @@
 -- Sections, each selected by its `-- name:` line:
 
 -- name: counts
--- Output: null_keys (rows with any key column NULL), duplicate_keys (keys on more than one row).
+-- Output: null_keys (rows with any key column NULL), duplicate_keys (keys on more than one row),
+-- rows (all rows: the side's count in the summary, so no separate scan is needed).
 SELECT
+    (SELECT count(*) FROM {{side}}) AS rows,
     (SELECT count(*) FROM {{side}} WHERE {{any_key_null}}) AS null_keys,
     (SELECT count(*) FROM (
         SELECT {{keys}} FROM {{side}} WHERE NOT ({{any_key_null}}) GROUP BY {{keys}} HAVING count(*) > 1

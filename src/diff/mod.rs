@@ -101,7 +101,6 @@ pub async fn changeset_with(
         KeyCheck::new(Side::Destination),
     ];
     let mut cursor_max: Option<crate::changeset::Cell> = None;
-    let (mut source_rows, mut destination_rows) = (0, 0);
     for pass in 0..passes {
         select_pass(ctx, &resolved, pass, passes).await?;
         let source_keys: Vec<String> = resolved.keys.iter().map(|m| m.source.clone()).collect();
@@ -138,12 +137,11 @@ pub async fn changeset_with(
                 (a, b) => a.or(b),
             };
         }
-        source_rows += ctx.table("s").await?.count().await? as u64;
-        destination_rows += ctx.table("d").await?.count().await? as u64;
     }
-    for check in checks {
-        check.into_result()?;
-    }
+    let (source_rows, destination_rows) = (checks[0].rows, checks[1].rows);
+    let [source, destination] = checks;
+    source.into_result()?;
+    destination.into_result()?;
     let mut summary = collector.summary;
     summary.source_rows = source_rows;
     summary.destination_rows = destination_rows;
@@ -247,6 +245,8 @@ fn list(n: usize, item: impl Fn(usize) -> String, sep: &str) -> String {
 struct KeyCheck {
     side: Side,
     columns: Vec<String>,
+    /// Rows of the side, over the passes so far.
+    rows: u64,
     nulls: u64,
     duplicates: u64,
     null_sample: Vec<String>,
@@ -258,6 +258,7 @@ impl KeyCheck {
         KeyCheck {
             side,
             columns: Vec::new(),
+            rows: 0,
             nulls: 0,
             duplicates: 0,
             null_sample: Vec::new(),
@@ -292,6 +293,7 @@ impl KeyCheck {
                 .unwrap_or(0)
         };
         let (nulls, duplicates) = (count("null_keys"), count("duplicate_keys"));
+        self.rows += count("rows");
         self.nulls += nulls;
         self.duplicates += duplicates;
         for (found, name, sample) in [

@@ -96,12 +96,7 @@ async fn single_matches(
         return Ok(true);
     }
     let table = quote_table(Dialect::Mysql, &target.table);
-    let numbered = rows(target, op).replacen("SELECT ", "SELECT 0 AS r, ", 1);
-    let mut numbered_rows = numbered.split(" UNION ALL SELECT ");
-    let mut derived = numbered_rows.next().unwrap_or_default().to_string();
-    for (i, rest) in numbered_rows.enumerate() {
-        derived.push_str(&format!(" UNION ALL SELECT {}, {rest}", i + 1));
-    }
+    let derived = rows(target, op, true);
     let check = format!(
         "SELECT count(*) FROM (SELECT w.r FROM ({derived}) AS w LEFT JOIN {table} AS d ON {} GROUP BY w.r HAVING count(d.{}) <> 1) AS bad",
         key_matches(target, q, "d"),
@@ -138,22 +133,31 @@ pub fn unstorable(target: &Target, op: &Op<'_>, change: &Change) -> Option<Strin
 }
 
 /// `SELECT ? AS k0, ? AS v1 UNION ALL SELECT ?, ? …`: the batch as a derived table.
-fn rows(target: &Target, op: &Op<'_>) -> String {
+/// With `numbered`, each row also carries its position as `r` (a literal, not a bound value).
+fn rows(target: &Target, op: &Op<'_>, numbered: bool) -> String {
     let names = op.staged_names(target);
-    let first: Vec<String> = names.iter().map(|n| format!("? AS {n}")).collect();
-    let other = format!(" UNION ALL SELECT {}", vec!["?"; names.len()].join(", "));
-    format!(
-        "SELECT {}{}",
-        first.join(", "),
-        other.repeat(op.rows.len().saturating_sub(1))
-    )
+    let mut first: Vec<String> = names.iter().map(|n| format!("? AS {n}")).collect();
+    let other = vec!["?"; names.len()].join(", ");
+    if numbered {
+        first.insert(0, "0 AS r".into());
+    }
+    let mut text = format!("SELECT {}", first.join(", "));
+    for i in 1..op.rows.len() {
+        let position = if numbered {
+            format!("{i}, ")
+        } else {
+            String::new()
+        };
+        text.push_str(&format!(" UNION ALL SELECT {position}{other}"));
+    }
+    text
 }
 
 /// The batch's statement (updates and deletes run only after [`single_matches`]).
 fn statement(target: &Target, op: &Op<'_>) -> String {
     let table = quote_table(Dialect::Mysql, &target.table);
     let matches = key_matches(target, q, "d");
-    let rows = rows(target, op);
+    let rows = rows(target, op, false);
     match op.action {
         Action::Insert => format!(
             "INSERT INTO {table} ({}) SELECT w.* FROM ({rows}) AS w WHERE NOT EXISTS (SELECT 1 FROM {table} AS d WHERE {matches})",
