@@ -318,6 +318,59 @@ async fn postgres_types_round_trip_through_apply() {
     assert_converged(f.dir.path());
 }
 
+/// Values the destination's column modifiers would cut or round past its precision, and text it
+/// cannot hold, fail row by row with PostgreSQL's own reason: never truncated, never sent half.
+#[tokio::test]
+async fn postgres_refuses_values_its_columns_would_cut() {
+    let url = postgres(
+        "apply_cut",
+        "CREATE TABLE d (code text PRIMARY KEY, label varchar(3), amount numeric(4,1));
+         INSERT INTO d VALUES ('B', 'old', 1.0);",
+    )
+    .await;
+    let f = Folder::new();
+    f.write(
+        "s.csv",
+        "code,label,amount\nA,abcdef,1.5\nB,new,2.0\nC,ok,123456.7\nD,\"x\u{0}y\",1.0\nE,fit,3.5\n",
+    );
+    f.write("job.toml", &format!("[source]\nurl = \"s.csv\"\n[destination]\nurl = \"{url}\"\ntable = \"d\"\n[match]\ncode = \"code\"\n"));
+    let (code, out, err) = recon(&["apply", "job.toml", "-f", "json"], f.dir.path());
+    assert_eq!(code, 3, "{out}{err}");
+    let doc = json(&out);
+    assert_eq!(
+        doc["applied"],
+        serde_json::json!({"insert": 1, "update": 1, "delete": 0}),
+        "{doc}"
+    );
+    let errors: Vec<(String, String)> = doc["failed_rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["key"].to_string(),
+                r["error"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(errors.len(), 3, "{doc}");
+    let reason = |key: &str| {
+        errors
+            .iter()
+            .find(|(k, _)| k.contains(&format!("\"{key}\"")))
+            .map(|(_, e)| e.clone())
+            .unwrap_or_default()
+    };
+    assert!(reason("A").contains("too long"), "{errors:?}");
+    assert!(reason("C").contains("overflow"), "{errors:?}");
+    assert!(!reason("D").is_empty(), "{errors:?}");
+    assert_eq!(pg_count(&url, "SELECT count(*) FROM d").await, 2);
+    assert_eq!(
+        pg_count(&url, "SELECT count(*) FROM d WHERE (code, label, amount) IN (('B', 'new', 2.0), ('E', 'fit', 3.5))").await,
+        2
+    );
+}
+
 const MY_DEST: &str = "CREATE TABLE destination_order (id INT AUTO_INCREMENT PRIMARY KEY, code VARCHAR(10) NOT NULL,
     total_price DECIMAL(10,2) CHECK (total_price >= 0), number_of_items INT NOT NULL);
   INSERT INTO destination_order (code, total_price, number_of_items) VALUES ('A-1', 10, 3), ('A-2', 20, 1), ('A-3', 7.25, 4), ('Z-9', 99, 1), ('A-5', 3, 1);";

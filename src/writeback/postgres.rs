@@ -1,32 +1,72 @@
-//! PostgreSQL writeback: each batch is copied (`COPY … FROM STDIN`, CSV) into a temporary table
-//! created from the destination table itself — so every column has the destination's own type and
-//! PostgreSQL parses each value with that type's input function, enums, intervals and arrays
-//! included — and then applied with one set-based statement, all in one transaction.
+//! PostgreSQL writeback: each batch is one statement that carries its rows as one text array per
+//! column (`unnest($1::text[], …)`), casts each value to the destination column's type — so
+//! PostgreSQL parses it with that type's own input function, enums, intervals and arrays included
+//! (the cast is to the type without its modifier: the assignment to the column then checks length
+//! and precision instead of cutting) — and applies them set-based, in its own transaction.
 //!
-//! Why CSV rather than binary COPY: binary COPY needs an encoder per PostgreSQL type and cannot
-//! carry the types recon reads as text (enums, intervals, arrays); CSV goes through each type's
-//! own parser. benches/apply_pg.sh measures it.
+//! Why not `COPY FROM STDIN` into a staging table, as before: it took two client writes per batch
+//! (the data, then `CopyDone`), and without `TCP_NODELAY` on the driver's socket the second waited
+//! for the server's delayed acknowledgement — 40 ms per batch whatever its size; and an
+//! `INSERT … VALUES` list costs the server 6 µs a row to parse. Arrays are bound in binary and
+//! cost neither (benches/run.sh).
+//!
+//! Rows are found by key. When an index of the destination starts with the first match column the
+//! table is probed directly; otherwise every destination key is read once, with its row's `ctid`,
+//! into an indexed key map when the writer starts, so a run costs one pass over the table whatever
+//! indexes it has.
+
+use std::collections::HashMap;
 
 use sqlx::postgres::PgConnection;
-use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
 
-use super::{Op, Target, WriteError, classify, expect_rows, key_matches};
+use super::{Op, Target, WriteError, classify, expect_rows};
 use crate::changeset::{Action, Cell, Change};
 use crate::config::Endpoint;
 use crate::error::{Error, Result};
 use crate::sql::{Dialect, quote, quote_table};
 
-/// The staging table, always named with its schema (`pg_temp`) so that no table of the user's,
-/// whatever its name, is mistaken for it; the destination table is named with its schema too.
-const TEMP: &str = "pg_temp.recon_staging";
 /// Every destination key with its row's `ctid`, read in one pass when the writer starts and
-/// indexed, so each batch finds its rows by index whatever indexes the table has.
+/// indexed, so each batch finds its rows by index whatever indexes the table has. Always named
+/// with its schema (`pg_temp`) so that no table of the user's is mistaken for it; the destination
+/// table is named with its schema too, so the batch's name (a CTE, `recon_batch`) hides nothing.
 const KEYMAP: &str = "pg_temp.recon_keymap";
+const BATCH: &str = "recon_batch";
 
 pub struct Writer {
     conn: PgConnection,
     /// The destination table, schema-qualified as PostgreSQL resolved it.
     table: String,
+    lookup: Lookup,
+    /// Each key column's type, then each compared column's (without modifiers).
+    key_types: Vec<String>,
+    compared_types: Vec<String>,
+}
+
+/// Where a batch finds destination rows by key: the destination table itself when an index
+/// leads with the first match column, else the key map.
+struct Lookup {
+    relation: String,
+    /// The row id column of `relation`: `ctid` of the table, or the key map's copy of it.
+    rid: &'static str,
+    /// The key columns as `relation` names them, quoted.
+    keys: Vec<String>,
+    /// A unique index of the destination on match columns (under their own collations) lets no
+    /// key match two rows, so statements need not count the matches.
+    unique: bool,
+}
+
+impl Lookup {
+    /// `m."code" = s.k0 AND …`
+    fn on(&self, alias: &str, staged: &str) -> String {
+        let parts: Vec<String> = self
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{alias}.{k} = {staged}.k{i}"))
+            .collect();
+        parts.join(" AND ")
+    }
 }
 
 impl Writer {
@@ -42,58 +82,114 @@ impl Writer {
             .connect()
             .await
             .map_err(connect_error)?;
-        let columns: Vec<String> = target
-            .keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| format!("{} AS k{i}", quote(k)))
-            .chain(
-                target
-                    .compared
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| format!("{} AS v{i}", quote(c))),
-            )
-            .collect();
         let table = resolve_table(&mut conn, &target.table).await?;
-        let (keys, key_names) = target.staged_keys(quote);
-        let create = format!(
-            "SET TimeZone = 'UTC'; CREATE TEMP TABLE {TEMP} AS SELECT {} FROM {table} WITH NO DATA;
-             CREATE TEMP TABLE recon_keymap AS SELECT ctid AS rid, {} FROM {table};
-             CREATE INDEX ON {KEYMAP} ({}); ANALYZE {KEYMAP}",
-            columns.join(", "),
-            keys.join(", "),
-            key_names.join(", ")
-        );
-        sqlx::raw_sql(AssertSqlSafe(create))
+        let preparing = |e: sqlx::Error| Error::Writeback {
+            what: format!("preparing to write `{}`", target.table),
+            source: Box::new(e),
+        };
+        let types: HashMap<String, String> = sqlx::query_as(
+            "SELECT attname::text, format_type(atttypid, NULL) FROM pg_attribute
+             WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped",
+        )
+        .bind(&table)
+        .fetch_all(&mut conn)
+        .await
+        .map_err(preparing)?
+        .into_iter()
+        .collect();
+        let type_of = |column: &String| {
+            types.get(column).cloned().ok_or_else(|| Error::Writeback {
+                what: format!("preparing to write `{}`", target.table),
+                source: format!("the table has no column `{column}`").into(),
+            })
+        };
+        let key_types = target.keys.iter().map(type_of).collect::<Result<_>>()?;
+        let compared_types = target.compared.iter().map(type_of).collect::<Result<_>>()?;
+        let (indexed, unique) = key_indexes(&mut conn, &table, &target.keys)
+            .await
+            .map_err(preparing)?;
+        let mut prepare = "SET TimeZone = 'UTC';".to_string();
+        let lookup = if indexed {
+            Lookup {
+                relation: table.clone(),
+                rid: "ctid",
+                keys: target.keys.iter().map(|k| quote(k)).collect(),
+                unique,
+            }
+        } else {
+            let (keys, key_names) = target.staged_keys(quote);
+            prepare.push_str(&format!(
+                "CREATE TEMP TABLE recon_keymap AS SELECT ctid AS rid, {} FROM {table};
+                 CREATE INDEX ON {KEYMAP} ({}); ANALYZE {KEYMAP}",
+                keys.join(", "),
+                key_names.join(", ")
+            ));
+            Lookup {
+                relation: KEYMAP.into(),
+                rid: "rid",
+                keys: key_names,
+                unique: false,
+            }
+        };
+        sqlx::raw_sql(AssertSqlSafe(prepare))
             .execute(&mut conn)
             .await
-            .map_err(|e| Error::Writeback {
-                what: format!("preparing to write `{}`", target.table),
-                source: Box::new(e),
-            })?;
-        Ok(Writer { conn, table })
+            .map_err(preparing)?;
+        Ok(Writer {
+            conn,
+            table,
+            lookup,
+            key_types,
+            compared_types,
+        })
+    }
+
+    /// `WITH recon_batch AS (SELECT u.k0::bigint AS k0, … FROM unnest($1::text[], …) AS u(k0, …))`
+    /// for the key columns and the compared columns `written`.
+    fn batch(&self, written: &[usize]) -> String {
+        let columns: Vec<(String, &String)> = self
+            .key_types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (format!("k{i}"), t))
+            .chain(
+                written
+                    .iter()
+                    .map(|i| (format!("v{i}"), &self.compared_types[*i])),
+            )
+            .collect();
+        let casts: Vec<String> = columns
+            .iter()
+            .map(|(n, t)| format!("u.{n}::{t} AS {n}"))
+            .collect();
+        let arrays: Vec<String> = (1..=columns.len())
+            .map(|i| format!("${i}::text[]"))
+            .collect();
+        let names: Vec<&str> = columns.iter().map(|(n, _)| n.as_str()).collect();
+        format!(
+            "WITH {BATCH} AS (SELECT {} FROM unnest({}) AS u({})) ",
+            casts.join(", "),
+            arrays.join(", "),
+            names.join(", ")
+        )
     }
 
     pub async fn write(&mut self, target: &Target, op: &Op<'_>) -> Result<(), WriteError> {
-        let statement = statement(&self.table, target, op);
-        let names = op.staged_names(target).join(", ");
-        let copy = format!("COPY {TEMP} ({names}) FROM STDIN (FORMAT csv)");
-        let data = csv(op);
+        let sql = self.batch(op.written()) + &statement(&self.table, &self.lookup, target, op);
+        let width = target.keys.len() + op.written().len();
+        let mut columns: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(op.rows.len()); width];
+        for change in op.rows {
+            for (column, cell) in columns.iter_mut().zip(op.cells(change)) {
+                column.push(text(cell));
+            }
+        }
         let what = op.what(target);
         let mut tx = self.conn.begin().await.map_err(|e| classify(&what, e))?;
-        let result = async {
-            tx.execute(AssertSqlSafe(format!("TRUNCATE {TEMP}")))
-                .await?;
-            let mut copy_in = tx.copy_in_raw(&copy).await?;
-            if let Err(e) = copy_in.send(data.into_bytes()).await {
-                let _ = copy_in.abort("recon: send failed").await;
-                return Err(e);
-            }
-            copy_in.finish().await?;
-            Ok::<u64, sqlx::Error>(tx.execute(AssertSqlSafe(statement)).await?.rows_affected())
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for column in columns {
+            query = query.bind(column);
         }
-        .await;
+        let result = query.execute(&mut *tx).await.map(|r| r.rows_affected());
         let checked = result
             .map_err(|e| classify(&what, e))
             .and_then(|n| expect_rows(n, op));
@@ -106,37 +202,49 @@ impl Writer {
         }
     }
 
-    /// How many destination rows the change's key matches (the key is staged like a batch).
+    /// How many destination rows the change's key matches, under the destination's collation.
     pub async fn matches(&mut self, target: &Target, change: &Change) -> Result<u64, WriteError> {
         let what = format!("looking up a key in `{}`", target.table);
-        let keys = (0..target.keys.len()).map(|i| format!("k{i}"));
-        let copy = format!(
-            "COPY {TEMP} ({}) FROM STDIN (FORMAT csv)",
-            keys.collect::<Vec<_>>().join(", ")
-        );
-        let row: Vec<String> = change.cells.key.iter().map(field).collect();
         let count = format!(
-            "SELECT count(*) FROM {} d JOIN {TEMP} w ON {}",
+            "{}SELECT count(*) FROM {} d JOIN {BATCH} w ON {}",
+            self.batch(&[]),
             self.table,
-            key_matches(target, quote, "d")
+            super::key_matches(target, quote, "d")
         );
-        let mut tx = self.conn.begin().await.map_err(|e| classify(&what, e))?;
-        let result = async {
-            tx.execute(AssertSqlSafe(format!("TRUNCATE {TEMP}")))
-                .await?;
-            let mut copy_in = tx.copy_in_raw(&copy).await?;
-            copy_in
-                .send(format!("{}\n", row.join(",")).into_bytes())
-                .await?;
-            copy_in.finish().await?;
-            sqlx::query_scalar::<_, i64>(AssertSqlSafe(count))
-                .fetch_one(&mut *tx)
-                .await
+        let mut query = sqlx::query_scalar::<_, i64>(AssertSqlSafe(count));
+        for cell in &change.cells.key {
+            query = query.bind(vec![text(cell)]);
         }
-        .await;
-        let _ = tx.rollback().await;
+        let result = query.fetch_one(&mut self.conn).await;
         result.map(|n| n as u64).map_err(|e| classify(&what, e))
     }
+}
+
+/// Whether a valid, non-partial btree or hash index of `table` starts with the first match
+/// column, and whether a unique one covers only match columns, each under its column's collation.
+async fn key_indexes(
+    conn: &mut PgConnection,
+    table: &str,
+    keys: &[String],
+) -> std::result::Result<(bool, bool), sqlx::Error> {
+    sqlx::query_as::<_, (bool, bool)>(
+        "SELECT EXISTS (SELECT 1 FROM pg_index i
+           JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam
+           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+         WHERE i.indrelid = $1::regclass AND a.attname = $2[1] AND i.indisvalid
+           AND i.indpred IS NULL AND am.amname IN ('btree', 'hash')),
+         EXISTS (SELECT 1 FROM pg_index i
+         WHERE i.indrelid = $1::regclass AND i.indisunique AND i.indisvalid
+           AND i.indpred IS NULL AND i.indexprs IS NULL
+           AND NOT EXISTS (SELECT 1 FROM generate_series(0, i.indnkeyatts - 1) n
+             LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[n]
+             WHERE a.attname IS NULL OR NOT (a.attname = ANY($2))
+               OR i.indcollation[n] <> a.attcollation))",
+    )
+    .bind(table)
+    .bind(keys)
+    .fetch_one(conn)
+    .await
 }
 
 /// The destination table as PostgreSQL resolves it now, schema-qualified and quoted, so that
@@ -159,21 +267,23 @@ async fn resolve_table(conn: &mut PgConnection, table: &str) -> Result<String> {
     })
 }
 
-/// The batch's statement. Rows are found through the key map (keys compared under the
+/// The batch's statement. Rows are found through the lookup (keys compared under the
 /// destination's own collation); updates and deletes touch a row only when its staged key
 /// matches exactly one, so a key that the collation finds twice changes nothing (the row count
 /// then tells, see [`expect_rows`]).
-fn statement(table: &str, target: &Target, op: &Op<'_>) -> String {
-    let on = |a: &str, b: &str| {
-        let parts: Vec<String> = (0..target.keys.len())
-            .map(|i| format!("{a}.k{i} = {b}.k{i}"))
-            .collect();
-        parts.join(" AND ")
+fn statement(table: &str, lookup: &Lookup, target: &Target, op: &Op<'_>) -> String {
+    let (relation, rid) = (&lookup.relation, lookup.rid);
+    let single = if lookup.unique {
+        String::new()
+    } else {
+        format!(
+            " WHERE (SELECT count(*) FROM {relation} m2 WHERE {}) = 1",
+            lookup.on("m2", "s")
+        )
     };
     let found = format!(
-        "(SELECT m.rid, s.* FROM {TEMP} s JOIN {KEYMAP} m ON {} WHERE (SELECT count(*) FROM {KEYMAP} m2 WHERE {}) = 1)",
-        on("m", "s"),
-        on("m2", "s")
+        "(SELECT m.{rid} AS rid, s.* FROM {BATCH} s JOIN {relation} m ON {}{single})",
+        lookup.on("m", "s"),
     );
     match op.action {
         Action::Insert => {
@@ -183,10 +293,10 @@ fn statement(table: &str, target: &Target, op: &Op<'_>) -> String {
                 .map(|n| format!("w.{n}"))
                 .collect();
             format!(
-                "INSERT INTO {table} ({}) SELECT {} FROM {TEMP} w WHERE NOT EXISTS (SELECT 1 FROM {KEYMAP} m WHERE {})",
+                "INSERT INTO {table} ({}) SELECT {} FROM {BATCH} w WHERE NOT EXISTS (SELECT 1 FROM {relation} m WHERE {})",
                 op.destination_names(target, quote).join(", "),
                 staged.join(", "),
-                on("m", "w")
+                lookup.on("m", "w")
             )
         }
         Action::Update => format!(
@@ -199,40 +309,29 @@ fn statement(table: &str, target: &Target, op: &Op<'_>) -> String {
     }
 }
 
-/// The batch as CSV: key cells, then the written columns' source cells. An unquoted empty field
-/// is NULL; text is always quoted, so an empty string stays an empty string.
-fn csv(op: &Op<'_>) -> String {
-    let mut out = String::new();
-    for change in op.rows {
-        let fields: Vec<String> = op.cells(change).map(field).collect();
-        out.push_str(&fields.join(","));
-        out.push('\n');
-    }
-    out
-}
-
-fn quoted(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-fn field(cell: &Cell) -> String {
-    match cell {
-        Cell::Null => String::new(),
+/// One value as the text its column's input function reads (`None`: NULL). A NUL character
+/// makes PostgreSQL refuse the batch, and then that row alone (text cannot hold it).
+fn text(cell: &Cell) -> Option<String> {
+    Some(match cell {
+        Cell::Null => return None,
         Cell::Bool(b) => if *b { "t" } else { "f" }.into(),
         Cell::Int(n) => n.to_string(),
         Cell::Float(f) if f.is_nan() => "NaN".into(),
         Cell::Float(f) if f.is_infinite() => if *f > 0.0 { "Infinity" } else { "-Infinity" }.into(),
         Cell::Float(f) => f.to_string(),
-        Cell::Decimal(d) => d.clone(),
-        Cell::Text(s) => quoted(s),
-        Cell::Bytes(b) => quoted(&format!(
-            "\\x{}",
-            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-        )),
+        Cell::Decimal(d) | Cell::Text(d) => d.clone(),
+        Cell::Bytes(b) => {
+            let mut out = String::with_capacity(2 + 2 * b.len());
+            out.push_str("\\x");
+            for x in b {
+                out.push_str(&format!("{x:02x}"));
+            }
+            out
+        }
         Cell::Date(d) => d.format("%Y-%m-%d").to_string(),
         Cell::Time(t) => t.format("%H:%M:%S%.6f").to_string(),
         Cell::Timestamp(t) => t.format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
         Cell::TimestampTz(t) => t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string(),
         Cell::Infinity(negative) => if *negative { "-infinity" } else { "infinity" }.into(),
-    }
+    })
 }
