@@ -166,9 +166,12 @@ async fn rows_sharing_the_watermark_timestamp_all_arrive_despite_a_crash() {
         "",
         "no watermark before the run is recorded"
     );
+    // Writers work in parallel: the batch that paused and any other already committed count.
+    let written = pg_count(&url, "SELECT count(*) FROM d").await;
+    assert!(written >= 3000 && written % 1000 == 0, "{written}");
     let (code, doc) = apply(f.dir.path());
     assert_eq!(code, 0);
-    assert_eq!(doc["applied"]["insert"], 5010 - 3000);
+    assert_eq!(doc["applied"]["insert"], 5010 - written);
     assert_eq!(
         state(f.dir.path()),
         json!({"watermark": "2024-03-01T10:00:00.123456Z"}),

@@ -144,6 +144,12 @@ impl Writer {
         })
     }
 
+    /// Whether more writers may share the work: batches then find rows through the table's own
+    /// index (a key map is a temporary table, seen by one session only).
+    pub fn shareable(&self) -> bool {
+        self.lookup.relation == self.table
+    }
+
     /// `WITH recon_batch AS (SELECT u.k0::bigint AS k0, … FROM unnest($1::text[], …) AS u(k0, …))`
     /// for the key columns and the compared columns `written`.
     fn batch(&self, written: &[usize]) -> String {
