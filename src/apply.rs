@@ -21,14 +21,17 @@ pub struct ApplyOptions {
     pub force: bool,
     /// Let an empty source snapshot delete destination rows.
     pub allow_empty_source: bool,
-    /// How many changes the report lists (`None`: all); every change is written regardless.
+    /// How many changes the report keeps in memory (`None`: all); every change is written
+    /// regardless, and [`ApplyReport::changes`] reads them all back from the spool.
     pub list: Option<usize>,
 }
 
 /// What an apply did.
-#[derive(Debug, Clone)]
 pub struct ApplyReport {
+    /// The changeset's job, columns and counts, with the first changes (`ApplyOptions::list`).
     pub changeset: Changeset,
+    /// Every change, spooled to local files (removed when the report is dropped).
+    spool: writeback::Spool,
     pub deletes: bool,
     pub applied: Applied,
     /// Rows the destination refused, with how many consecutive applies they have failed in.
@@ -119,12 +122,25 @@ pub async fn apply(job: &Job, options: &ApplyOptions, progress: &Progress) -> Re
         .await?;
     Ok(ApplyReport {
         changeset,
+        spool,
         deletes: job.write.deletes,
         applied: outcome.applied,
         failed,
         run_id,
         persistent_after: job.write.persistent_after,
     })
+}
+
+impl ApplyReport {
+    /// Every change of the run, read back from the spool: inserts, then updates, then deletes.
+    pub fn changes(&self) -> Result<impl Iterator<Item = Result<crate::changeset::Change>>> {
+        use crate::changeset::Action;
+        Ok(self
+            .spool
+            .read(Action::Insert)?
+            .chain(self.spool.read(Action::Update)?)
+            .chain(self.spool.read(Action::Delete)?))
+    }
 }
 
 /// The state with the watermark moved to the highest cursor value below which every row of the

@@ -103,13 +103,22 @@ async fn apply(args: ApplyArgs, progress: Progress) -> recon::Result<u8> {
         max_changes: args.max_changes,
         force: args.force,
         allow_empty_source: args.allow_empty_source,
-        list: args.limit.or(args.format.default_limit()),
+        // Streamed formats read the changes back from the spool: none is kept in memory.
+        list: if args.format.streams() {
+            Some(0)
+        } else {
+            args.limit.or(args.format.default_limit())
+        },
     };
     let report = recon::apply(&job, &options, &progress).await?;
-    report::emit(
-        &report::render_apply(&report, args.format),
-        args.output.as_deref(),
-    )?;
+    if args.format.streams() {
+        report::write_apply(&report, args.format, args.output.as_deref(), args.limit)?;
+    } else {
+        report::emit(
+            &report::render_apply(&report, args.format),
+            args.output.as_deref(),
+        )?;
+    }
     Ok(if report.failed.is_empty() {
         0
     } else {

@@ -347,46 +347,68 @@ fn csv_row(changeset: &Changeset, change: &Change) -> String {
     row.join(",") + "\n"
 }
 
-/// Render an apply: the plan's output plus what was written and what failed.
+/// Render an apply as `table` or `markdown`: the plan's output plus what was written and what
+/// failed (json, jsonl and csv stream: [`write_apply`]).
 pub fn render_apply(report: &crate::apply::ApplyReport, format: Format) -> String {
+    let mut out = render(&report.changeset, format);
+    out.push_str(&failed_lines(report));
+    out
+}
+
+/// Write an apply as `json`, `jsonl` or `csv`, its changes read back from the spool one at a
+/// time (the first `limit`): `json` is the plan's document plus `applied`, `failed` and
+/// `failed_rows`; `jsonl` is one line per failed row; `csv` the changes, then what was written.
+pub fn write_apply(
+    report: &crate::apply::ApplyReport,
+    format: Format,
+    output: Option<&Path>,
+    limit: Option<usize>,
+) -> Result<()> {
     let changeset = &report.changeset;
-    match format {
-        Format::Json => {
-            let mut doc = document(changeset);
-            doc["applied"] = json!(report.applied);
-            doc["failed"] = json!(report.failed.len());
-            let rows = report
-                .failed
-                .iter()
-                .map(|f| failed_object(f, report.persistent_after));
-            doc["failed_rows"] = Value::Array(rows.collect());
-            let mut text = serde_json::to_string_pretty(&doc).unwrap_or_default();
-            text.push('\n');
-            text
-        }
-        Format::Jsonl => report
-            .failed
-            .iter()
-            .map(|f| format!("{}\n", failed_object(f, report.persistent_after)))
-            .collect(),
-        _ => {
-            let mut out = render(changeset, format);
-            out.push_str(&applied_line(report));
-            for f in &report.failed {
-                let persistent = if f.runs as u64 >= report.persistent_after {
-                    format!(" — persistently failing ({} runs in a row)", f.runs)
-                } else {
-                    String::new()
-                };
-                out.push_str(&printable(format!(
-                    "failed {} {}: {}{persistent}",
-                    f.action, f.key, f.error
-                )));
-                out.push('\n');
-            }
-            out
+    let mut out = Stream::new(format, output, limit)?;
+    if format != Format::Jsonl {
+        for change in report.changes()?.take(limit.unwrap_or(usize::MAX)) {
+            out.change(changeset, &change?)?;
         }
     }
+    let failed = report
+        .failed
+        .iter()
+        .map(|f| failed_object(f, report.persistent_after));
+    match format {
+        Format::Json => out.finish_with(
+            changeset,
+            &[
+                ("applied", json!(report.applied)),
+                ("failed", json!(report.failed.len())),
+                ("failed_rows", Value::Array(failed.collect())),
+            ],
+            "",
+        ),
+        Format::Jsonl => {
+            let lines: String = failed.map(|f| format!("{f}\n")).collect();
+            out.finish_with(changeset, &[], &lines)
+        }
+        _ => out.finish_with(changeset, &[], &failed_lines(report)),
+    }
+}
+
+/// `applied: …` and a line per failed row.
+fn failed_lines(report: &crate::apply::ApplyReport) -> String {
+    let mut out = applied_line(report);
+    for f in &report.failed {
+        let persistent = if f.runs as u64 >= report.persistent_after {
+            format!(" — persistently failing ({} runs in a row)", f.runs)
+        } else {
+            String::new()
+        };
+        out.push_str(&printable(format!(
+            "failed {} {}: {}{persistent}",
+            f.action, f.key, f.error
+        )));
+        out.push('\n');
+    }
+    out
 }
 
 fn failed_object(f: &crate::state::FailedRow, persistent_after: u64) -> Value {

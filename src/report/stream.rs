@@ -1,5 +1,6 @@
-//! Changes written as the diff produces them (`plan --format json|jsonl|csv`), so that no output
-//! format holds the changeset: each change is rendered and written, then dropped. `--limit N`
+//! Changes written as the diff produces them (`plan --format json|jsonl|csv`), or as an apply
+//! reads them back from its spool, so that no output format holds the changeset: each change is
+//! rendered and written, then dropped. `--limit N`
 //! writes the first N; counts come at the end (`json` puts `"summary"` after `"changes"`).
 //! With `--output PATH`, the text goes to a private temporary file beside PATH that is renamed
 //! into place when complete, and removed if the run fails.
@@ -102,12 +103,36 @@ impl Stream {
     }
 
     /// Close the output with the complete counts, and put a file in place.
-    pub fn finish(mut self, changeset: &Changeset) -> Result<()> {
+    pub fn finish(self, changeset: &Changeset) -> Result<()> {
+        self.finish_with(changeset, &[], "")
+    }
+
+    /// Close the output with the complete counts and, for `json`, the `fields` after them; `csv`
+    /// and `jsonl` end with `trailer` instead.
+    pub fn finish_with(
+        mut self,
+        changeset: &Changeset,
+        fields: &[(&str, Value)],
+        trailer: &str,
+    ) -> Result<()> {
         self.start(changeset)?;
         if self.format == Format::Json {
             let summary = serde_json::to_string(&json!(changeset.summary)).unwrap_or_default();
             let close = if self.written == 0 { "]" } else { "\n  ]" };
-            self.write(&format!("{close},\n  \"summary\": {summary}\n}}\n"))?;
+            let mut text = format!("{close},\n  \"summary\": {summary}");
+            for (name, value) in fields {
+                let value = serde_json::to_string_pretty(value)
+                    .unwrap_or_default()
+                    .replace('\n', "\n  ");
+                text.push_str(&format!(
+                    ",\n  {}: {value}",
+                    Value::String(name.to_string())
+                ));
+            }
+            text.push_str("\n}\n");
+            self.write(&text)?;
+        } else {
+            self.write(trailer)?;
         }
         let flushed = self.out.flush();
         if let Some((tmp, path)) = self.file.take() {
