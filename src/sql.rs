@@ -40,7 +40,9 @@ pub fn table_name(name: &str) -> String {
     split_qualified(name).pop().unwrap_or_default()
 }
 
-fn split_qualified(name: &str) -> Vec<String> {
+/// The parts of a possibly schema-qualified table name, unquoted (`sales."Or.ders"` →
+/// `["sales", "Or.ders"]`).
+pub fn split_qualified(name: &str) -> Vec<String> {
     let mut parts = vec![String::new()];
     let mut quoted: Option<char> = None;
     let mut chars = name.chars().peekable();

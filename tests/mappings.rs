@@ -205,6 +205,34 @@ async fn keys_colliding_under_the_destination_collation_are_never_merged() {
     let rows = sqlite_text(&f.path("app.db"), "SELECT k || '=' || v FROM d").await;
     assert_eq!(rows, [Some("A=2".into())]);
     assert_plan_empty(f.dir.path(), "swap.toml");
+    // The same where the key has no index and rows are found through a key map: the deleted
+    // key leaves the map before the insert looks.
+    pg_exec(
+        &pg,
+        "CREATE TABLE e (k text COLLATE ci, v int); INSERT INTO e VALUES ('a', 1), ('b', 5);",
+    )
+    .await;
+    let my = mariadb(
+        "swap",
+        "CREATE TABLE e (id INT AUTO_INCREMENT PRIMARY KEY, k VARCHAR(10), v INT); INSERT INTO e (k, v) VALUES ('a', 1), ('b', 5);",
+    )
+    .await;
+    f.write("s3.csv", "k,v\nA,2\nb,6\n");
+    for (name, url) in [("pgswap", &pg), ("myswap", &my)] {
+        let job_file = format!("{name}.toml");
+        f.write(
+            &job_file,
+            &job("s3.csv", "", url, "e", "[write]\ndeletes = true\n"),
+        );
+        let (code, doc, out) = apply_json(f.dir.path(), &job_file);
+        assert_eq!(code, 0, "{name}: {out}");
+        assert_eq!(
+            doc["applied"],
+            serde_json::json!({"insert": 1, "update": 1, "delete": 1}),
+            "{name}"
+        );
+        assert_plan_empty(f.dir.path(), &job_file);
+    }
 }
 
 #[test]

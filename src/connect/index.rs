@@ -66,8 +66,8 @@ pub async fn missing_index_note(job: &Job) -> Result<Option<String>> {
     let indexed = indexed.unwrap_or(true);
     Ok((!indexed).then(|| {
         let cost = match job.destination.location {
-            Location::Mysql(_) => "apply scans the table once per batch to find rows (one pass per 1,000 changes)",
-            _ => "apply reads every key once per run anyway, but incremental runs read the destination rows of a window by key",
+            Location::Mysql(_) => "apply reads every key once into a key map to find rows (a table without a primary key is scanned once per batch instead), and incremental runs read the destination rows of a window by key",
+            _ => "apply reads every key once into a key map to find rows, and incremental runs read the destination rows of a window by key",
         };
         format!(
             "note: destination key column `{column}` of `{table}` leads no index: {cost}; `CREATE INDEX ON {table} ({column})` makes those lookups instead of scans"

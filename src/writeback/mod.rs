@@ -345,7 +345,9 @@ async fn connect(job: &Job, target: &Target) -> Result<Writer> {
         Location::Postgres(url) => {
             Writer::Postgres(postgres::Writer::connect(&job.destination, url, target).await?)
         }
-        Location::Mysql(url) => Writer::Mysql(mysql::Writer::connect(&job.destination, url).await?),
+        Location::Mysql(url) => {
+            Writer::Mysql(mysql::Writer::connect(&job.destination, url, target).await?)
+        }
         Location::Sqlite(path) => {
             Writer::Sqlite(sqlite::Writer::connect(&job.destination, path, target).await?)
         }

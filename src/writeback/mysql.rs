@@ -2,6 +2,12 @@
 //! (`SELECT ? AS k0, ? AS v0 UNION ALL SELECT ?, ?`), one transaction per batch, at most 65,535
 //! placeholders a statement. Inserts skip keys that already exist, so a replay writes nothing
 //! twice; updates join on the key and set only the changed columns.
+//!
+//! When no index of the table starts with the first match column, each batch would scan the
+//! table; instead, if the table has a primary key, every destination key is read once with its
+//! row's primary key into an indexed temporary key map when the writer starts, and batches find
+//! their rows through it (one pass over the table per run). A table without a primary key keeps
+//! the scans (`recon check` says so).
 
 use sqlx::mysql::{MySql, MySqlArguments, MySqlConnectOptions, MySqlConnection};
 use sqlx::query::Query;
@@ -15,34 +21,83 @@ use crate::sql::{Dialect, quote_in, quote_table};
 
 pub struct Writer {
     conn: MySqlConnection,
+    /// The destination's primary key columns, when batches find rows through the key map.
+    keymap: Option<Vec<String>>,
 }
+
+/// The temporary key map (a session's temporary table hides nothing of the user's: recon names
+/// the destination with its database when it is qualified, and the map is looked up unqualified
+/// only by recon's own statements).
+const KEYMAP: &str = "`recon_keymap`";
 
 fn q(name: &str) -> String {
     quote_in(Dialect::Mysql, name)
 }
 
 impl Writer {
-    pub async fn connect(endpoint: &Endpoint, url: &str) -> Result<Writer> {
+    pub async fn connect(endpoint: &Endpoint, url: &str, target: &Target) -> Result<Writer> {
         let connect_error = |source| Error::Connect {
             side: endpoint.side,
             url: endpoint.location.display(),
             source,
         };
         let options: MySqlConnectOptions = url.parse().map_err(connect_error)?;
-        let conn = options.connect().await.map_err(connect_error)?;
-        Ok(Writer { conn })
+        let mut conn = options.connect().await.map_err(connect_error)?;
+        let preparing = |e: sqlx::Error| Error::Writeback {
+            what: format!("preparing to write `{}`", target.table),
+            source: Box::new(e),
+        };
+        let keymap = match key_map_columns(&mut conn, target)
+            .await
+            .map_err(preparing)?
+        {
+            None => None,
+            Some((primary, text_keys)) => {
+                let (keys, key_names) = target.staged_keys(q);
+                let indexed: Vec<String> = key_names
+                    .iter()
+                    .zip(&text_keys)
+                    .map(|(n, text)| {
+                        if *text {
+                            format!("{n}(255)")
+                        } else {
+                            n.clone()
+                        }
+                    })
+                    .collect();
+                let primaries: Vec<String> = primary
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| format!("{} AS p{i}", q(p)))
+                    .collect();
+                let create = format!(
+                    "CREATE TEMPORARY TABLE {KEYMAP} (INDEX ({})) ENGINE = InnoDB AS SELECT {}, {} FROM {}",
+                    indexed.join(", "),
+                    keys.join(", "),
+                    primaries.join(", "),
+                    quote_table(Dialect::Mysql, &target.table)
+                );
+                sqlx::raw_sql(AssertSqlSafe(create))
+                    .execute(&mut conn)
+                    .await
+                    .map_err(preparing)?;
+                Some(primary)
+            }
+        };
+        Ok(Writer { conn, keymap })
     }
 
     pub async fn write(&mut self, target: &Target, op: &Op<'_>) -> Result<(), WriteError> {
         let what = op.what(target);
-        let mut query = sqlx::query(AssertSqlSafe(statement(target, op)));
+        let keymap = self.keymap.as_deref();
+        let mut query = sqlx::query(AssertSqlSafe(statement(target, op, keymap)));
         for change in op.rows {
             for cell in op.cells(change) {
                 query = bind(query, cell);
             }
         }
         let mut tx = self.conn.begin().await.map_err(|e| classify(&what, e))?;
-        let checked = match single_matches(&mut tx, target, op).await {
+        let mut checked = match single_matches(&mut tx, target, op, keymap.is_some()).await {
             Err(e) => Err(classify(&what, e)),
             Ok(false) => Err(WriteError::Mismatch(0)),
             Ok(true) => match query.execute(&mut *tx).await {
@@ -50,6 +105,26 @@ impl Writer {
                 Err(e) => Err(classify(&what, e)),
             },
         };
+        // Deleted keys leave the key map too, so that an insert of a key equal to one of them
+        // under the collation (deletes are written first) is not taken for an existing row.
+        if checked.is_ok() && keymap.is_some() && op.action == Action::Delete {
+            let forget = format!(
+                "DELETE m FROM {KEYMAP} AS m JOIN ({}) AS w ON {}",
+                rows(target, op, false),
+                staged_matches(target, "m")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(forget));
+            for change in op.rows {
+                for cell in op.cells(change) {
+                    query = bind(query, cell);
+                }
+            }
+            checked = query
+                .execute(&mut *tx)
+                .await
+                .map(|_| ())
+                .map_err(|e| classify(&what, e));
+        }
         match checked {
             Ok(()) => tx.commit().await.map_err(|e| classify(&what, e)),
             Err(e) => {
@@ -91,16 +166,23 @@ async fn single_matches(
     tx: &mut MySqlConnection,
     target: &Target,
     op: &Op<'_>,
+    keymap: bool,
 ) -> std::result::Result<bool, sqlx::Error> {
     if op.action == Action::Insert {
         return Ok(true);
     }
-    let table = quote_table(Dialect::Mysql, &target.table);
     let derived = rows(target, op, true);
+    let (relation, on, first) = if keymap {
+        (KEYMAP.to_string(), staged_matches(target, "d"), "k0".into())
+    } else {
+        (
+            quote_table(Dialect::Mysql, &target.table),
+            key_matches(target, q, "d"),
+            q(&target.keys[0]),
+        )
+    };
     let check = format!(
-        "SELECT count(*) FROM (SELECT w.r FROM ({derived}) AS w LEFT JOIN {table} AS d ON {} GROUP BY w.r HAVING count(d.{}) <> 1) AS bad",
-        key_matches(target, q, "d"),
-        q(&target.keys[0])
+        "SELECT count(*) FROM (SELECT w.r FROM ({derived}) AS w LEFT JOIN {relation} AS d ON {on} GROUP BY w.r HAVING count(d.{first}) <> 1) AS bad"
     );
     let mut query = sqlx::query_scalar::<_, i64>(AssertSqlSafe(check));
     for change in op.rows {
@@ -153,22 +235,117 @@ fn rows(target: &Target, op: &Op<'_>, numbered: bool) -> String {
     text
 }
 
-/// The batch's statement (updates and deletes run only after [`single_matches`]).
-fn statement(target: &Target, op: &Op<'_>) -> String {
+/// `m.k0 = w.k0 AND …`: the key map's keys against the staged ones.
+fn staged_matches(target: &Target, alias: &str) -> String {
+    let parts: Vec<String> = (0..target.keys.len())
+        .map(|i| format!("{alias}.k{i} = w.k{i}"))
+        .collect();
+    parts.join(" AND ")
+}
+
+/// The batch's statement (updates and deletes run only after [`single_matches`]). With a key
+/// map (`primary`: the table's primary key), rows are found through it and then by primary key.
+fn statement(target: &Target, op: &Op<'_>, primary: Option<&[String]>) -> String {
     let table = quote_table(Dialect::Mysql, &target.table);
-    let matches = key_matches(target, q, "d");
     let rows = rows(target, op, false);
+    let Some(primary) = primary else {
+        let matches = key_matches(target, q, "d");
+        return match op.action {
+            Action::Insert => format!(
+                "INSERT INTO {table} ({}) SELECT w.* FROM ({rows}) AS w WHERE NOT EXISTS (SELECT 1 FROM {table} AS d WHERE {matches})",
+                op.destination_names(target, q).join(", ")
+            ),
+            Action::Update => format!(
+                "UPDATE {table} AS d JOIN ({rows}) AS w ON {matches} SET {}",
+                op.assignments(target, q, "d.")
+            ),
+            Action::Delete => {
+                format!("DELETE d FROM {table} AS d JOIN ({rows}) AS w ON {matches}")
+            }
+        };
+    };
+    let picked: Vec<String> = (0..primary.len())
+        .map(|i| format!("m.p{i} AS recon_p{i}"))
+        .collect();
+    let by_primary: Vec<String> = primary
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("d.{} = w.recon_p{i}", q(p)))
+        .collect();
+    let found = format!(
+        "(SELECT {}, s.* FROM ({rows}) AS s JOIN {KEYMAP} AS m ON {}) AS w ON {}",
+        picked.join(", "),
+        staged_matches(target, "m").replace("w.", "s."),
+        by_primary.join(" AND ")
+    );
     match op.action {
         Action::Insert => format!(
-            "INSERT INTO {table} ({}) SELECT w.* FROM ({rows}) AS w WHERE NOT EXISTS (SELECT 1 FROM {table} AS d WHERE {matches})",
-            op.destination_names(target, q).join(", ")
+            "INSERT INTO {table} ({}) SELECT w.* FROM ({rows}) AS w WHERE NOT EXISTS (SELECT 1 FROM {KEYMAP} AS m WHERE {})",
+            op.destination_names(target, q).join(", "),
+            staged_matches(target, "m")
         ),
         Action::Update => format!(
-            "UPDATE {table} AS d JOIN ({rows}) AS w ON {matches} SET {}",
+            "UPDATE {table} AS d JOIN {found} SET {}",
             op.assignments(target, q, "d.")
         ),
-        Action::Delete => format!("DELETE d FROM {table} AS d JOIN ({rows}) AS w ON {matches}"),
+        Action::Delete => format!("DELETE d FROM {table} AS d JOIN {found}"),
     }
+}
+
+/// When batches should find rows through a key map: no index of the table starts with the first
+/// match column, and the table has a primary key. Returns the primary key's columns and, per
+/// match column, whether it is a text or blob column (indexed by a 255-character prefix).
+async fn key_map_columns(
+    conn: &mut MySqlConnection,
+    target: &Target,
+) -> std::result::Result<Option<(Vec<String>, Vec<bool>)>, sqlx::Error> {
+    // `db.table` names its database; a bare name is in the connection's.
+    let mut parts = crate::sql::split_qualified(&target.table);
+    if parts.len() < 2 {
+        parts.insert(0, String::new());
+    }
+    let (schema, table) = (&parts[parts.len() - 2], &parts[parts.len() - 1]);
+    let indexed: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.STATISTICS
+           WHERE TABLE_SCHEMA = COALESCE(NULLIF(?, ''), DATABASE()) AND TABLE_NAME = ?
+             AND COLUMN_NAME = ? AND SEQ_IN_INDEX = 1)",
+    )
+    .bind(schema)
+    .bind(table)
+    .bind(&target.keys[0])
+    .fetch_one(&mut *conn)
+    .await?;
+    if indexed {
+        return Ok(None);
+    }
+    let primary: Vec<String> = sqlx::query_scalar(
+        "SELECT CAST(COLUMN_NAME AS CHAR) FROM information_schema.KEY_COLUMN_USAGE
+         WHERE TABLE_SCHEMA = COALESCE(NULLIF(?, ''), DATABASE()) AND TABLE_NAME = ?
+           AND CONSTRAINT_NAME = 'PRIMARY' ORDER BY ORDINAL_POSITION",
+    )
+    .bind(schema)
+    .bind(table)
+    .fetch_all(&mut *conn)
+    .await?;
+    if primary.is_empty() {
+        return Ok(None);
+    }
+    let mut text = Vec::with_capacity(target.keys.len());
+    for key in &target.keys {
+        let kind: Option<String> = sqlx::query_scalar(
+            "SELECT CAST(DATA_TYPE AS CHAR) FROM information_schema.COLUMNS
+             WHERE TABLE_SCHEMA = COALESCE(NULLIF(?, ''), DATABASE()) AND TABLE_NAME = ?
+               AND COLUMN_NAME = ?",
+        )
+        .bind(schema)
+        .bind(table)
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let kind = kind.unwrap_or_default().to_ascii_lowercase();
+        text.push(kind.ends_with("text") || kind.ends_with("blob"));
+    }
+    Ok(Some((primary, text)))
 }
 
 fn bind<'q>(

@@ -309,6 +309,12 @@ fn statement(table: &str, lookup: &Lookup, target: &Target, op: &Op<'_>) -> Stri
             "UPDATE {table} AS d SET {} FROM {found} AS w WHERE d.ctid = w.rid",
             op.assignments(target, quote, "")
         ),
+        // Deleted rows leave the key map too, so that an insert of a key equal to one of them
+        // under the collation (deletes are written first) is not taken for an existing row.
+        Action::Delete if relation == KEYMAP => format!(
+            ", recon_gone AS (DELETE FROM {table} AS d USING {found} AS w WHERE d.ctid = w.rid RETURNING d.ctid AS rid)
+             DELETE FROM {KEYMAP} AS m USING recon_gone AS g WHERE m.rid = g.rid"
+        ),
         Action::Delete => {
             format!("DELETE FROM {table} AS d USING {found} AS w WHERE d.ctid = w.rid")
         }
