@@ -7,12 +7,15 @@
 -- name: counts
 -- Output: null_keys (rows with any key column NULL), duplicate_keys (keys on more than one row),
 -- rows (all rows: the side's count in the summary, so no separate scan is needed).
+-- One scan counts the rows and the NULL keys; the duplicates need a grouping of their own.
 SELECT
-    (SELECT count(*) FROM {{side}}) AS rows,
-    (SELECT count(*) FROM {{side}} WHERE {{any_key_null}}) AS null_keys,
+    c.rows, c.null_keys,
     (SELECT count(*) FROM (
         SELECT {{keys}} FROM {{side}} WHERE NOT ({{any_key_null}}) GROUP BY {{keys}} HAVING count(*) > 1
     ) AS dup) AS duplicate_keys
+FROM (
+    SELECT count(*) AS rows, count(*) FILTER (WHERE {{any_key_null}}) AS null_keys FROM {{side}}
+) AS c
 
 -- name: null_sample
 -- Output: up to five rows whose key has a NULL.

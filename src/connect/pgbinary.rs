@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use bytes::{Buf, BytesMut};
 use datafusion::arrow::array::{
     BinaryBuilder, BooleanBuilder, Date32Builder, Float32Builder, Float64Builder, Int16Builder,
     Int32Builder, Int64Builder, StringBuilder, Time64MicrosecondBuilder,
@@ -105,7 +104,8 @@ pub struct Decoder {
     names: Vec<String>,
     kinds: Vec<PgKind>,
     builders: Vec<ColumnBuilder>,
-    buf: BytesMut,
+    /// Bytes of an incomplete tuple (or header) carried over to the next chunk.
+    buf: Vec<u8>,
     header_done: bool,
     finished: bool,
 }
@@ -117,26 +117,52 @@ impl Decoder {
             names,
             kinds,
             builders,
-            buf: BytesMut::new(),
+            buf: Vec::new(),
             header_done: false,
             finished: false,
         }
     }
 
-    /// Feed one chunk; returns the batches completed by it.
+    /// Feed one chunk; returns the batches completed by it. Values are decoded from the chunk
+    /// itself (PostgreSQL sends a message per row, so a chunk is usually whole tuples); only an
+    /// incomplete tuple's bytes are kept until the next chunk completes it.
     pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<RecordBatch>, DecodeError> {
-        self.buf.extend_from_slice(chunk);
         let mut out = Vec::new();
-        if !self.header_done && !self.read_header()? {
-            return Ok(out);
+        if self.buf.is_empty() {
+            let used = self.consume(chunk, &mut out)?;
+            self.buf.extend_from_slice(&chunk[used..]);
+        } else {
+            self.buf.extend_from_slice(chunk);
+            let data = std::mem::take(&mut self.buf);
+            let used = self.consume(&data, &mut out)?;
+            self.buf = data;
+            self.buf.drain(..used);
         }
-        while !self.finished && self.tuple_ready()? {
-            self.read_tuple()?;
+        Ok(out)
+    }
+
+    /// Decode the header and every whole tuple at the start of `data`; returns the bytes used.
+    fn consume(&mut self, data: &[u8], out: &mut Vec<RecordBatch>) -> Result<usize, DecodeError> {
+        let mut pos = 0;
+        if !self.header_done {
+            match self.header_len(data)? {
+                Some(n) => {
+                    pos = n;
+                    self.header_done = true;
+                }
+                None => return Ok(0),
+            }
+        }
+        while !self.finished {
+            let Some(n) = self.read_tuple(&data[pos..])? else {
+                break;
+            };
+            pos += n;
             if self.builders[0].len() >= BATCH_ROWS {
                 out.push(self.take_batch()?);
             }
         }
-        Ok(out)
+        Ok(pos)
     }
 
     /// The last, partial (possibly empty) batch; an error if the stream ended early.
@@ -163,31 +189,28 @@ impl Decoder {
         }
     }
 
-    fn read_header(&mut self) -> Result<bool, DecodeError> {
-        if self.buf.len() < SIGNATURE.len() + 8 {
-            return Ok(false);
+    /// The header's length, once `data` holds all of it.
+    fn header_len(&self, data: &[u8]) -> Result<Option<usize>, DecodeError> {
+        if data.len() < SIGNATURE.len() + 8 {
+            return Ok(None);
         }
-        if &self.buf[..SIGNATURE.len()] != SIGNATURE {
+        if &data[..SIGNATURE.len()] != SIGNATURE {
             return Err(self.error(0, "not a binary COPY stream"));
         }
-        let ext = u32::from_be_bytes(self.buf[15..19].try_into().unwrap_or_default()) as usize;
-        if self.buf.len() < 19 + ext {
-            return Ok(false);
-        }
-        self.buf.advance(19 + ext);
-        self.header_done = true;
-        Ok(true)
+        let ext = u32::from_be_bytes(data[15..19].try_into().unwrap_or_default()) as usize;
+        Ok((data.len() >= 19 + ext).then_some(19 + ext))
     }
 
-    /// Whether a whole tuple (or the trailer) is buffered.
-    fn tuple_ready(&self) -> Result<bool, DecodeError> {
-        let b = &self.buf[..];
+    /// Decode the tuple (or the trailer) at the start of `b`, once all of it is there; returns
+    /// its length.
+    fn read_tuple(&mut self, b: &[u8]) -> Result<Option<usize>, DecodeError> {
         if b.len() < 2 {
-            return Ok(false);
+            return Ok(None);
         }
         let fields = i16::from_be_bytes([b[0], b[1]]);
         if fields == -1 {
-            return Ok(true);
+            self.finished = true;
+            return Ok(Some(2));
         }
         if fields as usize != self.kinds.len() {
             return Err(self.error(
@@ -195,33 +218,31 @@ impl Decoder {
                 &format!("a row has {fields} fields, expected {}", self.kinds.len()),
             ));
         }
-        let mut pos = 2;
+        // First make sure the whole tuple is here, so that a row is decoded all at once.
+        let mut end = 2;
         for _ in 0..fields {
-            if b.len() < pos + 4 {
-                return Ok(false);
+            if b.len() < end + 4 {
+                return Ok(None);
             }
-            let len = i32::from_be_bytes(b[pos..pos + 4].try_into().unwrap_or_default());
-            pos += 4 + len.max(0) as usize;
+            let len = i32::from_be_bytes([b[end], b[end + 1], b[end + 2], b[end + 3]]);
+            end += 4 + len.max(0) as usize;
         }
-        Ok(b.len() >= pos)
-    }
-
-    fn read_tuple(&mut self) -> Result<(), DecodeError> {
-        let fields = self.buf.get_i16();
-        if fields == -1 {
-            self.finished = true;
-            return Ok(());
+        if b.len() < end {
+            return Ok(None);
         }
+        let mut pos = 2;
         for i in 0..self.kinds.len() {
-            let len = self.buf.get_i32();
+            let len = i32::from_be_bytes([b[pos], b[pos + 1], b[pos + 2], b[pos + 3]]);
+            pos += 4;
             if len < 0 {
                 self.builders[i].push_null();
                 continue;
             }
-            let value = self.buf.split_to(len as usize);
-            decode(self.kinds[i], &value, &mut self.builders[i]).map_err(|m| self.error(i, &m))?;
+            let value = &b[pos..pos + len as usize];
+            pos += len as usize;
+            decode(self.kinds[i], value, &mut self.builders[i]).map_err(|m| self.error(i, &m))?;
         }
-        Ok(())
+        Ok(Some(end))
     }
 }
 
@@ -327,6 +348,25 @@ pub fn numeric(v: &[u8]) -> Result<(i256, u32), String> {
         "numeric value has more than 76 digits, more than recon keeps exactly; cast it to text or float8 in a `query`"
             .to_string()
     };
+    // n × 10000^(weight - ndigits + 1) × 10^dscale is the mantissa.
+    let exp = 4 * (weight - ndigits as i32 + 1) + dscale;
+    let negative = sign == 0x4000;
+    // Up to 9 base-10000 digits and a small exponent fit 128 bits: no 256-bit arithmetic.
+    if ndigits <= 9 && (-38..=38).contains(&exp) {
+        let mut n: i128 = 0;
+        for i in 0..ndigits {
+            n = n * 10_000 + u16::from_be_bytes([v[8 + 2 * i], v[9 + 2 * i]]) as i128;
+        }
+        let scaled = if exp >= 0 {
+            n.checked_mul(POW10[exp as usize])
+        } else {
+            Some(n / POW10[(-exp) as usize])
+        };
+        if let Some(n) = scaled {
+            let n = if negative { -n } else { n };
+            return Ok((i256::from_i128(n), dscale as u32));
+        }
+    }
     let ten = i256::from_i128(10);
     let mut n = i256::ZERO;
     for i in 0..ndigits {
@@ -336,8 +376,6 @@ pub fn numeric(v: &[u8]) -> Result<(i256, u32), String> {
             .and_then(|n| n.checked_add(i256::from_i128(d)))
             .ok_or_else(overflow)?;
     }
-    // n × 10000^(weight - ndigits + 1) × 10^dscale is the mantissa.
-    let exp = 4 * (weight - ndigits as i32 + 1) + dscale;
     let n = if exp >= 0 {
         ten.checked_pow(exp as u32)
             .and_then(|f| n.checked_mul(f))
@@ -348,9 +386,20 @@ pub fn numeric(v: &[u8]) -> Result<(i256, u32), String> {
             None => i256::ZERO,
         }
     };
-    let n = if sign == 0x4000 { n.wrapping_neg() } else { n };
+    let n = if negative { n.wrapping_neg() } else { n };
     Ok((n, dscale as u32))
 }
+
+/// 10^0 … 10^38.
+const POW10: [i128; 39] = {
+    let mut p = [1i128; 39];
+    let mut i = 1;
+    while i < 39 {
+        p[i] = p[i - 1] * 10;
+        i += 1;
+    }
+    p
+};
 
 #[cfg(test)]
 mod tests {
@@ -393,6 +442,61 @@ mod tests {
             numeric(&v).unwrap().0,
             i256::from_string("12345678901234567890123456781234567890").unwrap()
         );
+    }
+
+    /// A COPY stream of (int8, text, numeric) rows decodes the same whether it arrives whole,
+    /// a byte at a time, or in chunks that end inside fields.
+    #[test]
+    fn chunks_may_end_anywhere() {
+        let mut stream = SIGNATURE.to_vec();
+        stream.extend([0u8; 8]);
+        let rows: [(i64, Option<&str>, Vec<u8>); 3] = [
+            (1, Some("a"), encode(&[12, 5000], 0, false, 2)),
+            (-2, None, encode(&[1], -1, true, 4)),
+            (3, Some("été"), encode(&[2], 1, false, 0)),
+        ];
+        for (k, text, num) in &rows {
+            stream.extend(3i16.to_be_bytes());
+            stream.extend(8i32.to_be_bytes());
+            stream.extend(k.to_be_bytes());
+            match text {
+                Some(t) => {
+                    stream.extend((t.len() as i32).to_be_bytes());
+                    stream.extend(t.as_bytes());
+                }
+                None => stream.extend((-1i32).to_be_bytes()),
+            }
+            stream.extend((num.len() as i32).to_be_bytes());
+            stream.extend(num);
+        }
+        stream.extend((-1i16).to_be_bytes());
+        let decode_in = |size: usize| {
+            let kinds = vec![PgKind::Int8, PgKind::Text, PgKind::Numeric];
+            let names = ["k", "t", "n"].map(String::from).to_vec();
+            let mut decoder = Decoder::new(names, kinds);
+            for chunk in stream.chunks(size) {
+                assert!(decoder.push(chunk).unwrap().is_empty());
+            }
+            decoder.finish().unwrap()
+        };
+        let whole = decode_in(stream.len());
+        assert_eq!(whole.num_rows(), 3);
+        assert_eq!(
+            crate::diff::json_value(whole.column(2), 1),
+            serde_json::json!("-0.0001")
+        );
+        assert_eq!(
+            crate::diff::json_value(whole.column(1), 2),
+            serde_json::json!("été")
+        );
+        for size in [1, 2, 3, 5, 7, 13] {
+            assert_eq!(decode_in(size), whole, "chunks of {size}");
+        }
+        // A stream that stops before its trailer is an error, not a short snapshot.
+        let kinds = vec![PgKind::Int8, PgKind::Text, PgKind::Numeric];
+        let mut cut = Decoder::new(["k", "t", "n"].map(String::from).to_vec(), kinds);
+        cut.push(&stream[..stream.len() - 5]).unwrap();
+        assert!(cut.finish().is_err());
     }
 
     #[test]

@@ -103,9 +103,12 @@ pub async fn changeset_with(
     let mut cursor_max: Option<crate::changeset::Cell> = None;
     for pass in 0..passes {
         select_pass(ctx, &resolved, pass, passes).await?;
+        let started = std::time::Instant::now();
         let source_keys: Vec<String> = resolved.keys.iter().map(|m| m.source.clone()).collect();
         checks[0].run(ctx, &source_keys).await?;
         checks[1].run(ctx, &resolved.key_names()).await?;
+        tracing::debug!(pass, elapsed = ?started.elapsed(), "key checks");
+        let started = std::time::Instant::now();
         if checks.iter().any(KeyCheck::failed) {
             continue;
         }
@@ -122,6 +125,7 @@ pub async fn changeset_with(
                 }
             }
         }
+        tracing::debug!(pass, elapsed = ?started.elapsed(), "diff");
         if resolved.cursor.is_some() {
             let max = sql(ctx, "SELECT max(cur) AS m FROM s")
                 .await?

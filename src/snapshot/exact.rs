@@ -61,6 +61,13 @@ pub fn finish_decimal(values: Vec<Option<(i256, u32)>>) -> std::result::Result<A
 
 /// `mantissa × 10^-from` expressed with scale `to` (≥ `from`), exactly, or `None` past 76 digits.
 pub fn rescale(mantissa: i256, from: u32, to: u32) -> Option<i256> {
+    // Most values fit 128 bits before and after: no 256-bit arithmetic (10^38 < 2^127 < 10^76).
+    if to - from <= 38
+        && let Some(m) = mantissa.to_i128()
+        && let Some(v) = m.checked_mul(10i128.pow(to - from))
+    {
+        return Some(i256::from_i128(v));
+    }
     i256::from_i128(10)
         .checked_pow(to - from)
         .and_then(|f| mantissa.checked_mul(f))
