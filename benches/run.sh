@@ -7,7 +7,7 @@
 #   apply   recon apply of the drift into a fresh copy of the destination
 #   duckdb  DuckDB's postgres_scanner + FULL JOIN counting the same drift (when installed:
 #           pip install duckdb==1.4.4 duckdb-ext-postgres==1.4.4.20260205)
-# then one plan under memory_limit = 256MB, and prints the median wall time, rows/s, peak RSS and
+# then one plan under memory_limit = 256MB and one initial load (apply into an empty table), and prints the median wall time, rows/s, peak RSS and
 # the ratio to the floor of each, and checks recon's counts against SQL.
 #   bash benches/run.sh [ROWS]
 # Release build (slow from clean; the target dir is kept between runs).
@@ -100,6 +100,10 @@ for round in $(seq 1 $ROUNDS); do
   [ -n "$DUCKDB" ] && measure duckdb python3 "$SERVERS_DIR/peer.py"
 done
 measure small "$RECON" plan "$SERVERS_DIR/small.toml" --format json --limit 0 --no-progress
+# The initial load: every source row inserted into an empty table (with its primary key).
+"${PSQL[@]}" -c "DROP TABLE IF EXISTS dst_load; CREATE TABLE dst_load (LIKE dst INCLUDING ALL);"
+job load dst_load
+measure load "$RECON" apply "$SERVERS_DIR/load.toml" --format json --limit 0 --force --no-progress
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 wall() { awk '{print $1}' "$SERVERS_DIR/$1.times" | median; }
@@ -115,7 +119,11 @@ echo "rows per side: $ROWS; $(nproc) cores; median of $ROUNDS rounds (memory-lim
 row floor "floor: both binary COPYs" $((2 * ROWS))
 row plan "recon plan" $((2 * ROWS))
 row small "recon plan, memory_limit 256MB" $((2 * ROWS))
-row apply "recon apply (the drift)" "$(echo "$expected" | awk '{print $1 + $2 + $3}')"
+drift=$(echo "$expected" | awk '{print $1 + $2 + $3}')
+row apply "recon apply (the drift)" "$drift"
+printf '%-34s %8.2f s %12.0f rows/s\n' "  of which writes (apply - plan)" \
+  "$(echo "$(wall apply) - $(wall plan)" | bc -l)" "$(echo "$drift / ($(wall apply) - $(wall plan))" | bc -l)"
+row load "recon apply into an empty table" "$ROWS"
 [ -n "$DUCKDB" ] && row duckdb "DuckDB postgres_scanner + FULL JOIN" $((2 * ROWS))
 
 got=$(jq -r '.summary | "\(.insert) \(.update) \(.delete)"' "$SERVERS_DIR/plan.out")

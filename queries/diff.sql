@@ -16,7 +16,10 @@
 -- In incremental mode the source is a window (rows from the watermark on): the join is a LEFT
 -- JOIN, so destination rows outside the window are not deletes, and `cur` carries the cursor.
 --
--- Rows come inserts first, then updates, then deletes, each by key, so listings are stable.
+-- Rows come inserts first, then updates, then deletes, each by key, so listings are stable. The
+-- ORDER BY section is left out when no change is listed in order (counting only, or an apply,
+-- whose writeback groups changes by action anyway): sorting every change is the costliest part
+-- of an initial load.
 -- Every comparison is parenthesised: DataFusion's parser binds IS DISTINCT FROM looser than OR.
 SELECT
     CASE
@@ -34,6 +37,6 @@ FROM s
 WHERE s.__present IS NULL
    OR d.__present IS NULL
    OR {{any_changed}}
-ORDER BY
+{{order}}ORDER BY
     CASE WHEN d.__present IS NULL THEN 0 WHEN s.__present IS NULL THEN 2 ELSE 1 END,
     {{order_keys}}

@@ -58,10 +58,12 @@ pub async fn plan(job: &Job, limit: Option<usize>, progress: &Progress) -> Resul
     diff_snapshots(job, limit, false, &read, progress, None).await
 }
 
-/// As [`plan`], handing every change to `sink` as the diff produces it instead of listing it:
-/// the returned changeset has the complete counts and no listed changes.
+/// As [`plan`], handing the first `limit` changes (`None`: all) to `sink` as the diff produces
+/// them instead of listing them: the returned changeset has the complete counts and no listed
+/// changes.
 pub async fn plan_streaming(
     job: &Job,
+    limit: Option<usize>,
     progress: &Progress,
     sink: &mut diff::ChangeSink<'_>,
 ) -> Result<Changeset> {
@@ -70,7 +72,7 @@ pub async fn plan_streaming(
         false => None,
     };
     let read = source_read(job, state)?;
-    diff_snapshots(job, None, false, &read, progress, Some(sink)).await
+    diff_snapshots(job, limit, false, &read, progress, Some(sink)).await
 }
 
 /// Whether the source `query` refers to the saved state.

@@ -8,6 +8,9 @@ use clap::Parser;
 use recon::cli::{ApplyArgs, Cli, Command, PlanArgs, StateCommand};
 use recon::{Error, Job, Progress, report};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code when `--exit-code` is given and something would change.
 const EXIT_DRIFT: u8 = 4;
 /// Exit code when apply finished but some rows failed (they are recorded and retried).
@@ -79,7 +82,7 @@ async fn plan(args: PlanArgs, progress: Progress) -> recon::Result<u8> {
         // json, jsonl and csv are written as the diff produces them.
         let mut out = report::Stream::new(args.format, args.output.as_deref(), limit)?;
         let mut sink = |shell: &recon::Changeset, change: recon::Change| out.change(shell, &change);
-        let changeset = recon::plan_streaming(&job, &progress, &mut sink).await?;
+        let changeset = recon::plan_streaming(&job, limit, &progress, &mut sink).await?;
         out.finish(&changeset)?;
         changeset
     } else {

@@ -60,6 +60,7 @@ pub async fn changeset(ctx: &SessionContext, job: &Job, limit: Option<usize>) ->
 pub type ChangeSink<'a> = dyn FnMut(&Changeset, crate::changeset::Change) -> Result<()> + Send + 'a;
 
 /// As [`changeset`]; with `cells`, each listed change also carries typed cells for writeback.
+/// With a `sink`, the first `limit` changes go to it as they are produced.
 /// The key checks and the diff run in `passes` passes over the staged snapshots (src/diff/bucket.rs);
 /// a `diff_query` always runs in one.
 pub async fn changeset_with(
@@ -79,7 +80,8 @@ pub async fn changeset_with(
         changes: Vec::new(),
         cursor_max: None,
     };
-    let limit = if sink.is_some() { None } else { limit };
+    // Only a listing in order needs the diff sorted (see queries/diff.sql).
+    let ordered = !cells && limit != Some(0);
     register_view(ctx, Side::Source, &resolved).await?;
     register_view(ctx, Side::Destination, &resolved).await?;
     let passes = if job.diff_query.is_some() {
@@ -113,7 +115,13 @@ pub async fn changeset_with(
             continue;
         }
         let query = match &job.diff_query {
-            None => render_diff(DIFF_SQL, &resolved, "s"),
+            None => {
+                let query = render_diff(DIFF_SQL, &resolved, "s");
+                match ordered {
+                    false => query[..query.find("{{order}}").unwrap_or(query.len())].to_string(),
+                    true => query.replace("{{order}}", ""),
+                }
+            }
             Some(path) => user_diff(ctx, path, &resolved).await?,
         };
         let mut stream = sql(ctx, &query).await?.execute_stream().await?;

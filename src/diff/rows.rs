@@ -21,6 +21,8 @@ pub struct Collector {
     pub cells: bool,
     pub summary: Summary,
     pub changes: Vec<Change>,
+    /// Changes built so far (a sink may have taken them out of `changes`).
+    built: usize,
 }
 
 impl Collector {
@@ -32,6 +34,7 @@ impl Collector {
             cells: false,
             summary: Summary::default(),
             changes: Vec::new(),
+            built: 0,
         }
     }
 
@@ -39,6 +42,16 @@ impl Collector {
         let actions = column(batch, "action")?;
         let actions = cast(&actions, &DataType::Utf8).map_err(internal)?;
         let actions = actions.as_string::<i32>();
+        let listed = match self.limit {
+            Some(n) => n.saturating_sub(self.built),
+            None => usize::MAX,
+        };
+        // The output's columns, found, cast and given a formatter once per batch, not per value.
+        let prepared = (listed > 0 && batch.num_rows() > 0)
+            .then(|| Prepared::new(batch, self.keys, self.compared, self.cells))
+            .transpose()?;
+        let options = FormatOptions::default();
+        let readers = prepared.as_ref().map(|p| p.readers(&options));
         for row in 0..batch.num_rows() {
             let action = Action::parse(actions.value(row)).ok_or_else(|| {
                 Error::Internal(format!("diff produced action `{}`", actions.value(row)))
@@ -48,57 +61,208 @@ impl Collector {
                 Action::Update => self.summary.update += 1,
                 Action::Delete => self.summary.delete += 1,
             }
-            if self.limit.is_none_or(|n| self.changes.len() < n) {
-                let change = self.change(batch, row, action)?;
-                self.changes.push(change);
+            if let Some(r) = &readers
+                && self.limit.is_none_or(|n| self.built < n)
+            {
+                self.changes.push(r.change(row, action, self.cells));
+                self.built += 1;
             }
         }
         Ok(())
     }
+}
 
-    fn change(&self, batch: &RecordBatch, row: usize, action: Action) -> Result<Change> {
-        let values = |prefix: &str, n: usize| -> Result<Vec<Value>> {
+/// A batch's output columns for building changes: `k…`, `s_v…`, `d_v…`, `c…`, `id`, and for
+/// writeback `k…` and `n_v…` cast to the types cells are read from, and `cur`.
+struct Prepared {
+    keys: Vec<ArrayRef>,
+    source: Vec<ArrayRef>,
+    destination: Vec<ArrayRef>,
+    changed: Vec<ArrayRef>,
+    id: ArrayRef,
+    cell_keys: Vec<ArrayRef>,
+    cell_source: Vec<ArrayRef>,
+    cursor: Option<ArrayRef>,
+}
+
+impl Prepared {
+    fn new(batch: &RecordBatch, keys: usize, compared: usize, cells: bool) -> Result<Prepared> {
+        let columns = |prefix: &str, n: usize| -> Result<Vec<ArrayRef>> {
             (0..n)
-                .map(|i| Ok(json_value(&column(batch, &format!("{prefix}{i}"))?, row)))
+                .map(|i| column(batch, &format!("{prefix}{i}")))
                 .collect()
         };
-        let changed = (0..self.compared)
-            .map(|i| {
-                let c = column(batch, &format!("c{i}"))?;
-                let c: &BooleanArray = c.as_boolean();
-                Ok(c.is_valid(row) && c.value(row))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Change {
+        let canonical_all =
+            |arrays: Vec<ArrayRef>| -> Vec<ArrayRef> { arrays.iter().map(canonical).collect() };
+        Ok(Prepared {
+            keys: columns("k", keys)?,
+            source: columns("s_v", compared)?,
+            destination: columns("d_v", compared)?,
+            changed: columns("c", compared)?,
+            id: column(batch, "id")?,
+            cell_keys: if cells {
+                canonical_all(columns("k", keys)?)
+            } else {
+                Vec::new()
+            },
+            cell_source: if cells {
+                canonical_all(columns("n_v", compared)?)
+            } else {
+                Vec::new()
+            },
+            cursor: batch.column_by_name("cur").filter(|_| cells).map(canonical),
+        })
+    }
+
+    fn readers<'a>(&'a self, options: &'a FormatOptions<'a>) -> Readers<'a> {
+        let read = |arrays: &'a [ArrayRef]| -> Vec<Reader<'a>> {
+            arrays.iter().map(|a| Reader::new(a, options)).collect()
+        };
+        Readers {
+            keys: read(&self.keys),
+            source: read(&self.source),
+            destination: read(&self.destination),
+            changed: self.changed.iter().map(|c| c.as_boolean()).collect(),
+            id: Reader::new(&self.id, options),
+            cell_keys: read(&self.cell_keys),
+            cell_source: read(&self.cell_source),
+            cursor: self.cursor.as_ref().map(|c| Reader::new(c, options)),
+        }
+    }
+}
+
+struct Readers<'a> {
+    keys: Vec<Reader<'a>>,
+    source: Vec<Reader<'a>>,
+    destination: Vec<Reader<'a>>,
+    changed: Vec<&'a BooleanArray>,
+    id: Reader<'a>,
+    cell_keys: Vec<Reader<'a>>,
+    cell_source: Vec<Reader<'a>>,
+    cursor: Option<Reader<'a>>,
+}
+
+impl Readers<'_> {
+    fn change(&self, row: usize, action: Action, cells: bool) -> Change {
+        let values = |readers: &[Reader<'_>]| readers.iter().map(|r| r.json(row)).collect();
+        let typed = |readers: &[Reader<'_>]| readers.iter().map(|r| r.cell(row)).collect();
+        Change {
             action,
-            key: values("k", self.keys)?,
-            id: json_value(&column(batch, "id")?, row),
-            source: values("s_v", self.compared)?,
-            destination: values("d_v", self.compared)?,
-            changed,
-            cells: if self.cells {
-                self.cells(batch, row)?
+            key: values(&self.keys),
+            id: self.id.json(row),
+            source: values(&self.source),
+            destination: values(&self.destination),
+            changed: self
+                .changed
+                .iter()
+                .map(|c| c.is_valid(row) && c.value(row))
+                .collect(),
+            cells: if cells {
+                Cells {
+                    key: typed(&self.cell_keys),
+                    source: typed(&self.cell_source),
+                    cursor: self
+                        .cursor
+                        .as_ref()
+                        .map(|c| c.cell(row))
+                        .filter(|c| *c != Cell::Null),
+                }
             } else {
                 Cells::default()
             },
-        })
+        }
+    }
+}
+
+/// One column with its display formatter, made once.
+struct Reader<'a> {
+    array: &'a ArrayRef,
+    formatter: Option<ArrayFormatter<'a>>,
+}
+
+impl<'a> Reader<'a> {
+    fn new(array: &'a ArrayRef, options: &'a FormatOptions<'a>) -> Reader<'a> {
+        Reader {
+            array,
+            formatter: ArrayFormatter::try_new(array.as_ref(), options).ok(),
+        }
     }
 
-    fn cells(&self, batch: &RecordBatch, row: usize) -> Result<Cells> {
-        let cells = |prefix: &str, n: usize| -> Result<Vec<Cell>> {
-            (0..n)
-                .map(|i| Ok(cell(&column(batch, &format!("{prefix}{i}"))?, row)))
-                .collect()
-        };
-        Ok(Cells {
-            key: cells("k", self.keys)?,
-            source: cells("n_v", self.compared)?,
-            cursor: batch
-                .column_by_name("cur")
-                .map(|c| cell(c, row))
-                .filter(|c| *c != Cell::Null),
-        })
+    fn display(&self, row: usize) -> String {
+        match &self.formatter {
+            Some(f) => f.value(row).to_string(),
+            None => format!("<{}>", self.array.data_type()),
+        }
     }
+
+    /// As [`json_value`].
+    fn json(&self, row: usize) -> Value {
+        use datafusion::arrow::datatypes::*;
+        let array = self.array;
+        if array.is_null(row) || array.data_type() == &DataType::Null {
+            return Value::Null;
+        }
+        if let Some(text) = far_temporal(array, row) {
+            return Value::String(text);
+        }
+        let number = |v: f64| {
+            Number::from_f64(v).map_or_else(|| Value::String(v.to_string()), Value::Number)
+        };
+        match array.data_type() {
+            DataType::Boolean => Value::Bool(array.as_boolean().value(row)),
+            DataType::Int64 => Value::from(array.as_primitive::<Int64Type>().value(row)),
+            DataType::Int32 => Value::from(array.as_primitive::<Int32Type>().value(row)),
+            DataType::Int16 => Value::from(array.as_primitive::<Int16Type>().value(row)),
+            DataType::Int8 => Value::from(array.as_primitive::<Int8Type>().value(row)),
+            DataType::UInt8 => Value::from(array.as_primitive::<UInt8Type>().value(row)),
+            DataType::UInt16 => Value::from(array.as_primitive::<UInt16Type>().value(row)),
+            DataType::UInt32 => Value::from(array.as_primitive::<UInt32Type>().value(row)),
+            DataType::UInt64 => match array.as_primitive::<UInt64Type>().value(row) {
+                v if v <= i64::MAX as u64 => Value::from(v),
+                _ => Value::String(self.display(row)),
+            },
+            DataType::Float64 => number(array.as_primitive::<Float64Type>().value(row)),
+            DataType::Float32 => number(array.as_primitive::<Float32Type>().value(row) as f64),
+            DataType::Utf8 => Value::String(array.as_string::<i32>().value(row).to_string()),
+            _ => Value::String(self.display(row)),
+        }
+    }
+
+    /// As [`cell`], for a column cast by [`canonical`].
+    fn cell(&self, row: usize) -> Cell {
+        use datafusion::arrow::datatypes::*;
+        let array = self.array;
+        if array.is_null(row) {
+            return Cell::Null;
+        }
+        match array.data_type() {
+            DataType::Int64 => Cell::Int(array.as_primitive::<Int64Type>().value(row)),
+            DataType::Float64 => Cell::Float(array.as_primitive::<Float64Type>().value(row)),
+            DataType::Utf8 => Cell::Text(array.as_string::<i32>().value(row).to_string()),
+            DataType::Boolean => Cell::Bool(array.as_boolean().value(row)),
+            DataType::Decimal128(..) | DataType::Decimal256(..) | DataType::UInt64 => {
+                Cell::Decimal(self.display(row))
+            }
+            DataType::Timestamp(TimeUnit::Microsecond, zone) => timestamp_cell(
+                array.as_primitive::<TimestampMicrosecondType>().value(row),
+                zone.is_some(),
+            ),
+            _ => cell(array, row),
+        }
+    }
+}
+
+/// A column cast once to the type its cells are read from (integers to Int64, floats to Float64,
+/// strings to Utf8), so that no value is cast alone.
+fn canonical(array: &ArrayRef) -> ArrayRef {
+    use DataType::*;
+    let to = match array.data_type() {
+        Int8 | Int16 | Int32 | UInt8 | UInt16 | UInt32 => Int64,
+        Float16 | Float32 => Float64,
+        LargeUtf8 | Utf8View => Utf8,
+        _ => return array.clone(),
+    };
+    cast(array, &to).unwrap_or_else(|_| array.clone())
 }
 
 fn internal(e: impl std::fmt::Display) -> Error {
@@ -244,15 +408,21 @@ pub fn cell(array: &ArrayRef, row: usize) -> Cell {
                 let us = a
                     .as_primitive::<datafusion::arrow::datatypes::TimestampMicrosecondType>()
                     .value(0);
-                match (us, chrono::DateTime::from_timestamp_micros(us)) {
-                    (crate::temporal::TIMESTAMP_INFINITY, _) => Cell::Infinity(false),
-                    (crate::temporal::TIMESTAMP_NEG_INFINITY, _) => Cell::Infinity(true),
-                    (_, Some(t)) if zone.is_some() => Cell::TimestampTz(t),
-                    (_, Some(t)) => Cell::Timestamp(t.naive_utc()),
-                    (_, None) => Cell::Text(crate::temporal::timestamp_text(us, zone.is_some())),
-                }
+                timestamp_cell(us, zone.is_some())
             })
         }
         _ => Cell::Text(crate::changeset::display(&display_value(array, row))),
+    }
+}
+
+/// A timestamp in microseconds as a cell: ±infinity, an instant (`zoned`) or a wall-clock time,
+/// or text for years chrono cannot hold.
+fn timestamp_cell(us: i64, zoned: bool) -> Cell {
+    match (us, chrono::DateTime::from_timestamp_micros(us)) {
+        (crate::temporal::TIMESTAMP_INFINITY, _) => Cell::Infinity(false),
+        (crate::temporal::TIMESTAMP_NEG_INFINITY, _) => Cell::Infinity(true),
+        (_, Some(t)) if zoned => Cell::TimestampTz(t),
+        (_, Some(t)) => Cell::Timestamp(t.naive_utc()),
+        (_, None) => Cell::Text(crate::temporal::timestamp_text(us, zoned)),
     }
 }

@@ -332,7 +332,43 @@ pub async fn write(
         }
     }
     counter.done();
+    // Writers and the diff give no order of their own: report failures by action, then key.
+    outcome.failed.sort_by(|a, b| {
+        rank(a.action)
+            .cmp(&rank(b.action))
+            .then_with(|| compare_keys(&a.key, &b.key))
+    });
     Ok(outcome)
+}
+
+/// Deletes, updates, inserts: the order they are written in.
+fn rank(action: Action) -> u8 {
+    match action {
+        Action::Delete => 0,
+        Action::Update => 1,
+        Action::Insert => 2,
+    }
+}
+
+/// Keys in their natural order: numbers as numbers, text as text, column by column.
+fn compare_keys(a: &Map<String, Value>, b: &Map<String, Value>) -> std::cmp::Ordering {
+    for (x, y) in a.values().zip(b.values()) {
+        let order = match (x, y) {
+            (Value::Number(m), Value::Number(n)) => match (m.as_i64(), n.as_i64()) {
+                (Some(m), Some(n)) => m.cmp(&n),
+                _ => m
+                    .as_f64()
+                    .partial_cmp(&n.as_f64())
+                    .unwrap_or(std::cmp::Ordering::Equal),
+            },
+            (Value::String(m), Value::String(n)) => m.cmp(n),
+            _ => x.to_string().cmp(&y.to_string()),
+        };
+        if order.is_ne() {
+            return order;
+        }
+    }
+    std::cmp::Ordering::Equal
 }
 
 /// How many connections write a PostgreSQL destination whose key is indexed: the server's work
