@@ -217,3 +217,9 @@ pub fn read_error(
         source: source.into(),
     }
 }
+
+impl From<datafusion::arrow::error::ArrowError> for Error {
+    fn from(e: datafusion::arrow::error::ArrowError) -> Error {
+        Error::Engine(e.into())
+    }
+}

@@ -24,6 +24,8 @@ use crate::error::{Error, Result, Side};
 const DIFF_SQL: &str = include_str!("../../queries/diff.sql");
 const USER_DIFF_SQL: &str = include_str!("../../queries/user_diff.sql");
 const KEY_CHECKS_SQL: &str = include_str!("../../queries/key_checks.sql");
+/// Changes built at a time from the diff's output before a sink takes them.
+const CHANGES_PER_SLICE: usize = 4096;
 
 /// Read-only: no DDL, no DML, no `SET`.
 fn read_only() -> SQLOptions {
@@ -125,13 +127,33 @@ pub async fn changeset_with(
             Some(path) => user_diff(ctx, path, &resolved).await?,
         };
         let mut stream = sql(ctx, &query).await?.execute_stream().await?;
-        while let Some(batch) = stream.next().await {
-            collector.add(&batch?)?;
-            if let Some(sink) = sink.as_mut() {
-                for change in collector.changes.drain(..) {
-                    sink(&shell, change)?;
+        if collector.counts_only() {
+            while let Some(batch) = stream.next().await {
+                collector.add(&batch?)?;
+            }
+        } else {
+            // Building and writing changes is slower than the join produces them, and a join
+            // that waits lets the repartitioned input pile up in memory: the diff's output goes
+            // to a local file at the join's pace first, then changes are built from it.
+            let path = crate::engine::work_dir(ctx)?
+                .path()
+                .join(format!("diff-{pass}.arrow"));
+            let output = OutputFile::write(&path, &mut stream).await?;
+            for batch in output.read()? {
+                let batch = batch?;
+                // A join emits its unmatched build rows as one batch (a whole side, on an
+                // initial load): changes are built and handed on a slice at a time.
+                for start in (0..batch.num_rows()).step_by(CHANGES_PER_SLICE) {
+                    let len = CHANGES_PER_SLICE.min(batch.num_rows() - start);
+                    collector.add(&batch.slice(start, len))?;
+                    if let Some(sink) = sink.as_mut() {
+                        for change in collector.changes.drain(..) {
+                            sink(&shell, change)?;
+                        }
+                    }
                 }
             }
+            let _ = std::fs::remove_file(&path);
         }
         tracing::debug!(pass, elapsed = ?started.elapsed(), "diff");
         if resolved.cursor.is_some() {
@@ -475,4 +497,51 @@ async fn user_diff(
         )));
     }
     Ok(render_diff(USER_DIFF_SQL, resolved, "u"))
+}
+
+/// A pass's diff output, written to a local Arrow IPC file as the query produces it.
+struct OutputFile {
+    path: std::path::PathBuf,
+}
+
+impl OutputFile {
+    async fn write(
+        path: &std::path::Path,
+        stream: &mut datafusion::physical_plan::SendableRecordBatchStream,
+    ) -> Result<OutputFile> {
+        use datafusion::arrow::ipc::writer::FileWriter;
+        let io = |source| Error::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = std::fs::File::create(path).map_err(io)?;
+        let mut writer = FileWriter::try_new(std::io::BufWriter::new(file), &stream.schema())?;
+        while let Some(batch) = stream.next().await {
+            writer.write(&batch?)?;
+        }
+        writer.finish()?;
+        Ok(OutputFile {
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn read(
+        &self,
+    ) -> Result<
+        impl Iterator<
+            Item = std::result::Result<
+                datafusion::arrow::record_batch::RecordBatch,
+                datafusion::arrow::error::ArrowError,
+            >,
+        >,
+    > {
+        let file = std::fs::File::open(&self.path).map_err(|source| Error::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok(datafusion::arrow::ipc::reader::FileReader::try_new(
+            std::io::BufReader::new(file),
+            None,
+        )?)
+    }
 }

@@ -38,6 +38,11 @@ impl Collector {
         }
     }
 
+    /// Whether no change will be built (only counted).
+    pub fn counts_only(&self) -> bool {
+        self.limit.is_some_and(|n| self.built >= n)
+    }
+
     pub fn add(&mut self, batch: &RecordBatch) -> Result<()> {
         let actions = column(batch, "action")?;
         let actions = cast(&actions, &DataType::Utf8).map_err(internal)?;
