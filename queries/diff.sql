@@ -13,6 +13,9 @@
 --   n_v0..  the source values in the compared type: what writeback writes, so that the destination
 --           stores the value the comparison saw (a text timestamp's zone applied, a date parsed)
 --
+-- The hash join holds its left side in memory: recon puts the smaller side there ({{left}} is `d`
+-- and {{right}} `s` when the destination is smaller, which a FULL OUTER JOIN allows).
+--
 -- In incremental mode the source is a window (rows from the watermark on): the join is a LEFT
 -- JOIN, so destination rows outside the window are not deletes, and `cur` carries the cursor.
 --
@@ -32,8 +35,8 @@ SELECT
     {{changed}}
     {{cursor}}
     d.id AS id
-FROM s
-{{join}} JOIN d ON {{key_join}}
+FROM {{left}}
+{{join}} JOIN {{right}} ON {{key_join}}
 WHERE s.__present IS NULL
    OR d.__present IS NULL
    OR {{any_changed}}

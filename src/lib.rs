@@ -123,7 +123,9 @@ pub async fn diff_snapshots(
         None => diff::passes(sizes[0].min(sizes[1]), engine::memory_limit(&ctx)),
     };
     let step = progress.step("comparing");
-    let changeset = diff::changeset_with(&ctx, job, limit, cells, passes, sink).await;
+    let smaller_destination = sizes[1] < sizes[0];
+    let changeset =
+        diff::changeset_with(&ctx, job, limit, cells, passes, smaller_destination, sink).await;
     step.done();
     changeset
 }

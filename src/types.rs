@@ -7,7 +7,8 @@
 //! Decisions, also in the README:
 //! - a timestamp without a zone is taken to be UTC when compared with a zoned one;
 //! - a date meets a timestamp at midnight UTC;
-//! - text meets a date or timestamp by parsing the text (SQLite keeps timestamps as text);
+//! - text meets a date or timestamp by parsing the text as a timestamp (SQLite keeps timestamps as
+//!   text), so `2017-01-01 00:00:00.123456` is not the date `2017-01-01`;
 //! - a float meets any number as a 64-bit float; integers and decimals meet exactly.
 
 use std::sync::Arc;
@@ -57,8 +58,13 @@ pub fn common(s: &DataType, d: &DataType) -> Option<DataType> {
             exact_common(a, b)
         }
         (a, b) if is_temporal(a) && is_temporal(b) => temporal(a, b),
-        (a, b) if is_string(a) && is_temporal(b) => temporal(b, b),
-        (a, b) if is_temporal(a) && is_string(b) => temporal(a, a),
+        // Text meets a date as a timestamp, so a time of day in the text is not dropped.
+        (a, b) if is_string(a) && is_temporal(b) => {
+            temporal(b, &Timestamp(TimeUnit::Microsecond, None))
+        }
+        (a, b) if is_temporal(a) && is_string(b) => {
+            temporal(a, &Timestamp(TimeUnit::Microsecond, None))
+        }
         (Boolean, Boolean) => Boolean,
         (Binary | LargeBinary | BinaryView, Binary | LargeBinary | BinaryView) => Binary,
         (Time64(_), Time64(_)) | (Time32(_), Time64(_)) | (Time64(_), Time32(_)) => {
@@ -163,7 +169,10 @@ mod tests {
             common(&zoned, &naive),
             Some(Timestamp(TimeUnit::Microsecond, Some(Arc::from("UTC"))))
         );
-        assert_eq!(common(&Utf8, &Date32), Some(Date32));
+        assert_eq!(
+            common(&Utf8, &Date32),
+            Some(Timestamp(TimeUnit::Microsecond, None))
+        );
     }
 
     #[test]

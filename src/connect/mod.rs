@@ -9,6 +9,14 @@ mod mysql;
 mod pgbinary;
 mod postgres;
 
+/// A connection to a PostgreSQL side (for catalog lookups).
+pub async fn pg_connect(
+    endpoint: &crate::config::Endpoint,
+    url: &str,
+) -> crate::error::Result<sqlx::postgres::PgConnection> {
+    postgres::connect(endpoint, url).await
+}
+
 pub use index::missing_index_note;
 pub use postgres::pg_options;
 mod sqlite;

@@ -27,6 +27,9 @@ pub enum PgKind {
     Float8,
     Numeric,
     Text,
+    /// `char(n)`: text whose trailing spaces are padding, not value (PostgreSQL ignores them in
+    /// comparisons and drops them when casting to text), read without them.
+    Bpchar,
     Jsonb,
     Bytea,
     Date,
@@ -48,7 +51,8 @@ impl PgKind {
             "FLOAT4" => PgKind::Float4,
             "FLOAT8" => PgKind::Float8,
             "NUMERIC" => PgKind::Numeric,
-            "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "JSON" | "CHAR" | "CITEXT" => PgKind::Text,
+            "TEXT" | "VARCHAR" | "NAME" | "JSON" | "CHAR" | "CITEXT" => PgKind::Text,
+            "BPCHAR" => PgKind::Bpchar,
             "JSONB" => PgKind::Jsonb,
             "BYTEA" => PgKind::Bytea,
             "DATE" => PgKind::Date,
@@ -70,7 +74,7 @@ impl PgKind {
             PgKind::Float4 => ColumnBuilder::Float32(Float32Builder::with_capacity(n)),
             PgKind::Float8 => ColumnBuilder::Float64(Float64Builder::with_capacity(n)),
             PgKind::Numeric => ColumnBuilder::Decimal(Vec::with_capacity(n)),
-            PgKind::Text | PgKind::Jsonb | PgKind::Uuid => {
+            PgKind::Text | PgKind::Bpchar | PgKind::Jsonb | PgKind::Uuid => {
                 ColumnBuilder::Text(StringBuilder::with_capacity(n, n * 16))
             }
             PgKind::Bytea => ColumnBuilder::Binary(BinaryBuilder::with_capacity(n, n * 16)),
@@ -266,6 +270,7 @@ fn decode(kind: PgKind, v: &[u8], builder: &mut ColumnBuilder) -> Result<(), Str
         (PgKind::Float8, ColumnBuilder::Float64(b)) => b.append_value(f64::from_be_bytes(be(v)?)),
         (PgKind::Numeric, ColumnBuilder::Decimal(values)) => values.push(Some(numeric(v)?)),
         (PgKind::Text, ColumnBuilder::Text(b)) => b.append_value(utf8(v)?),
+        (PgKind::Bpchar, ColumnBuilder::Text(b)) => b.append_value(utf8(v)?.trim_end_matches(' ')),
         (PgKind::Jsonb, ColumnBuilder::Text(b)) => {
             b.append_value(utf8(v.get(1..).unwrap_or_default())?)
         }

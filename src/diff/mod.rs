@@ -6,6 +6,7 @@
 mod bucket;
 mod resolve;
 mod rows;
+pub mod stored;
 
 use datafusion::arrow::datatypes::DataType;
 use datafusion::execution::context::SQLOptions;
@@ -54,7 +55,7 @@ pub async fn resolve_registered(ctx: &SessionContext, job: &Job) -> Result<Resol
 
 /// Compute the changeset of the registered snapshots, listing at most `limit` changes.
 pub async fn changeset(ctx: &SessionContext, job: &Job, limit: Option<usize>) -> Result<Changeset> {
-    changeset_with(ctx, job, limit, false, 1, None).await
+    changeset_with(ctx, job, limit, false, 1, false, None).await
 }
 
 /// Receives every change as the diff produces it, with the changeset's job and columns (its
@@ -62,7 +63,8 @@ pub async fn changeset(ctx: &SessionContext, job: &Job, limit: Option<usize>) ->
 pub type ChangeSink<'a> = dyn FnMut(&Changeset, crate::changeset::Change) -> Result<()> + Send + 'a;
 
 /// As [`changeset`]; with `cells`, each listed change also carries typed cells for writeback.
-/// With a `sink`, the first `limit` changes go to it as they are produced.
+/// With a `sink`, the first `limit` changes go to it as they are produced. With
+/// `smaller_destination`, the join holds the destination in memory rather than the source.
 /// The key checks and the diff run in `passes` passes over the staged snapshots (src/diff/bucket.rs);
 /// a `diff_query` always runs in one.
 pub async fn changeset_with(
@@ -71,9 +73,14 @@ pub async fn changeset_with(
     limit: Option<usize>,
     cells: bool,
     passes: u64,
+    smaller_destination: bool,
     mut sink: Option<&mut ChangeSink<'_>>,
 ) -> Result<Changeset> {
-    let resolved = resolve_registered(ctx, job).await?;
+    let mut resolved = resolve_registered(ctx, job).await?;
+    let storage = stored::destination(job).await?;
+    for m in resolved.keys.iter_mut().chain(resolved.compared.iter_mut()) {
+        m.storage = storage.get(&m.destination).copied().unwrap_or_default();
+    }
     let shell = Changeset {
         job: job.name.clone(),
         key_columns: resolved.key_names(),
@@ -119,6 +126,12 @@ pub async fn changeset_with(
         let query = match &job.diff_query {
             None => {
                 let query = render_diff(DIFF_SQL, &resolved, "s");
+                // The join's left side is held in memory: the smaller one (see queries/diff.sql).
+                let (left, right) = match smaller_destination && resolved.cursor.is_none() {
+                    true => ("d", "s"),
+                    false => ("s", "d"),
+                };
+                let query = query.replace("{{left}}", left).replace("{{right}}", right);
                 match ordered {
                     false => query[..query.find("{{order}}").unwrap_or(query.len())].to_string(),
                     true => query.replace("{{order}}", ""),
@@ -221,11 +234,26 @@ fn view_alias(side: Side) -> &'static str {
 }
 
 fn cast_to(name: &str, from: &DataType, to: &DataType) -> Expr {
+    let decimal = matches!(
+        from,
+        DataType::Decimal32(..)
+            | DataType::Decimal64(..)
+            | DataType::Decimal128(..)
+            | DataType::Decimal256(..)
+    );
     if from == to {
         ident(name)
+    } else if decimal && to.is_floating() {
+        // Arrow's decimal → float cast divides in floating point (10.0 at scale 32 becomes
+        // 9.999999999999998); going through the decimal's exact text rounds correctly.
+        cast(cast(ident(name), DataType::Utf8), to.clone())
     } else {
         cast(ident(name), to.clone())
     }
+}
+
+fn is_text(t: &DataType) -> bool {
+    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
 }
 
 /// Register `s` or `d`: the side's mapped columns renamed and cast, plus `id` and `__present`.
@@ -238,7 +266,15 @@ async fn register_view(ctx: &SessionContext, side: Side, resolved: &Resolved) ->
     for (prefix, mapped) in [("k", &resolved.keys), ("v", &resolved.compared)] {
         for (i, m) in mapped.iter().enumerate() {
             let (name, from) = pick(m);
-            exprs.push(cast_to(&name, &from, &m.common).alias(format!("{prefix}{i}")));
+            let mut value = cast_to(&name, &from, &m.common);
+            // The source as the destination would store it; JSON parsed on both sides.
+            if side == Side::Source {
+                value = m.storage.apply(value, &m.common);
+            }
+            if m.storage.both_sides() && is_text(&m.common) {
+                value = stored::json(value);
+            }
+            exprs.push(value.alias(format!("{prefix}{i}")));
         }
     }
     // The compared values as the side holds them, for display (`o0…`).

@@ -18,6 +18,8 @@ pub struct Mapped {
     pub source_type: DataType,
     pub destination_type: DataType,
     pub common: DataType,
+    /// How the destination column stores values (src/diff/stored.rs); set after resolving.
+    pub storage: super::stored::Storage,
 }
 
 /// The job's mapping, checked against the snapshots.
@@ -162,6 +164,7 @@ fn map(
         source_type: s,
         destination_type: d,
         common,
+        storage: Default::default(),
     })
 }
 
