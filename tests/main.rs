@@ -6,6 +6,7 @@ mod support;
 mod apply;
 mod cli;
 mod config;
+mod convergence;
 mod engine;
 mod fidelity;
 mod files;

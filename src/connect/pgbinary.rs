@@ -51,8 +51,9 @@ impl PgKind {
             "FLOAT4" => PgKind::Float4,
             "FLOAT8" => PgKind::Float8,
             "NUMERIC" => PgKind::Numeric,
-            "TEXT" | "VARCHAR" | "NAME" | "JSON" | "CHAR" | "CITEXT" => PgKind::Text,
-            "BPCHAR" => PgKind::Bpchar,
+            "TEXT" | "VARCHAR" | "NAME" | "JSON" | "\"CHAR\"" | "CITEXT" => PgKind::Text,
+            // sqlx names `char(n)` (bpchar) "CHAR", and the one-byte `"char"` "\"CHAR\"".
+            "CHAR" | "BPCHAR" => PgKind::Bpchar,
             "JSONB" => PgKind::Jsonb,
             "BYTEA" => PgKind::Bytea,
             "DATE" => PgKind::Date,

@@ -365,9 +365,12 @@ fn bind_cell<'q, Q: Bindable<'q>>(query: Q, cell: &Cell) -> Q {
         Cell::Decimal(s) | Cell::Text(s) => query.bind(s),
         Cell::Bytes(b) => query.bind(b),
         Cell::Date(d) => query.bind(d),
-        Cell::Time(t) => query.bind(t),
-        Cell::Timestamp(t) => query.bind(t),
-        Cell::TimestampTz(t) => query.bind(t),
+        // As text: a bound DATETIME gives the batch's derived table a column without fraction
+        // digits (MariaDB types it from the parameter), so microseconds were lost; text is
+        // parsed by the destination column itself, at its own precision.
+        Cell::Time(t) => query.bind(t.format("%H:%M:%S%.6f").to_string()),
+        Cell::Timestamp(t) => query.bind(t.format("%Y-%m-%d %H:%M:%S%.6f").to_string()),
+        Cell::TimestampTz(t) => query.bind(t.format("%Y-%m-%d %H:%M:%S%.6f").to_string()),
         Cell::Infinity(negative) => query.bind(if negative { "-infinity" } else { "infinity" }),
     }
 }

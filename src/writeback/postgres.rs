@@ -324,6 +324,7 @@ fn statement(table: &str, lookup: &Lookup, target: &Target, op: &Op<'_>) -> Stri
 /// One value as the text its column's input function reads (`None`: NULL). A NUL character
 /// makes PostgreSQL refuse the batch, and then that row alone (text cannot hold it).
 fn text(cell: &Cell) -> Option<String> {
+    use chrono::Datelike;
     Some(match cell {
         Cell::Null => return None,
         Cell::Bool(b) => if *b { "t" } else { "f" }.into(),
@@ -340,10 +341,11 @@ fn text(cell: &Cell) -> Option<String> {
             }
             out
         }
-        Cell::Date(d) => d.format("%Y-%m-%d").to_string(),
+        // Years past 9999 without chrono's `+` sign, which PostgreSQL does not read.
+        Cell::Date(d) => format!("{:04}-{}", d.year(), d.format("%m-%d")),
         Cell::Time(t) => t.format("%H:%M:%S%.6f").to_string(),
-        Cell::Timestamp(t) => t.format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
-        Cell::TimestampTz(t) => t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string(),
+        Cell::Timestamp(t) => format!("{:04}-{}", t.year(), t.format("%m-%d %H:%M:%S%.6f")),
+        Cell::TimestampTz(t) => format!("{:04}-{}", t.year(), t.format("%m-%d %H:%M:%S%.6f+00")),
         Cell::Infinity(negative) => if *negative { "-infinity" } else { "infinity" }.into(),
     })
 }

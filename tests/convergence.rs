@@ -1,0 +1,188 @@
+//! Convergence (issue "Every apply converges"): a compared value is changed only if writing it
+//! would change what the destination stores. After a successful `apply`, the next `plan` is
+//! empty — or lists exactly the rows the destination refused, each failed with its message.
+
+use crate::support::*;
+use serde_json::json;
+use std::path::Path;
+
+fn job(source: &str, destination: &str) -> String {
+    format!(
+        "[source]\nurl = \"{source}\"\ntable = \"s\"\n[destination]\nurl = \"{destination}\"\ntable = \"d\"\n[match]\nk = \"k\"\n"
+    )
+}
+
+fn run(dir: &Path, command: &str) -> (i32, serde_json::Value, String) {
+    let (code, out, err) = recon(&[command, "job.toml", "-f", "json"], dir);
+    let doc = serde_json::from_str(&out).unwrap_or(serde_json::Value::Null);
+    (code, doc, format!("{out}{err}"))
+}
+
+fn counts(doc: &serde_json::Value) -> (u64, u64, u64) {
+    let s = &doc["summary"];
+    (
+        s["insert"].as_u64().unwrap_or(99),
+        s["update"].as_u64().unwrap_or(99),
+        s["delete"].as_u64().unwrap_or(99),
+    )
+}
+
+/// Columns narrower than the source's: the source is compared as the destination stores it, so
+/// one apply (inserts, then updates) leaves nothing to do.
+const PG_PAIRS: &str = "
+    CREATE TABLE s (k int, ch char(10), ts timestamp(6), tz timestamptz, f float8,
+                    fnum float8, num numeric, j json, jb jsonb, day text, big numeric);
+    CREATE TABLE d (k int PRIMARY KEY, ch text, ts timestamp(3), tz timestamptz(0), f real,
+                    fnum numeric(6,3), num float8, j jsonb, jb json, day date, big float8);";
+
+#[tokio::test]
+async fn postgres_columns_narrower_than_the_source_converge() {
+    let url = postgres("narrow", PG_PAIRS).await;
+    pg_exec(
+        &url,
+        r#"SET TimeZone = 'UTC';
+        INSERT INTO s VALUES
+          (1, 'abc', '2024-01-01 10:00:00.123456', '2024-01-01 10:00:00.5+00', 0.1, 0.1235, 10.0,
+           '{"b": 1, "a": [2, 3]}', '{"y": true, "x": null}', '2017-01-01 00:00:00.123456', 0.1),
+          (2, '', '2024-12-31 23:59:59.9999996', '1999-12-31 23:59:59.4+00', 1e-30, -0.0005, 0.00000000000000000000000000000001,
+           '[]', '{}', '2017-01-02', 1234567890.123456789),
+          (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+          (4, 'x y', '0001-01-01 00:00:00.0005', '9999-12-31 23:59:59+00', 3.4e38, 999.9994, 1e-20,
+           '{"a": {"c": 1, "b": 2}}', '[{"b": 1, "a": 2}]', '9999-12-31 12:00:00', 1e-30);"#,
+    )
+    .await;
+    let f = Folder::new();
+    f.write("job.toml", &job(&url, &url));
+    let (code, doc, out) = run(f.dir.path(), "apply");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        doc["applied"],
+        json!({"insert": 4, "update": 0, "delete": 0})
+    );
+    let (code, doc, out) = run(f.dir.path(), "plan");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(counts(&doc), (0, 0, 0), "{doc}");
+    // New values everywhere: updates, then nothing.
+    pg_exec(
+        &url,
+        r#"UPDATE s SET ch = 'abd', ts = ts + interval '1.0004 second', tz = tz + interval '0.6 second',
+             f = f * 3, fnum = fnum / 2, num = num * 3, j = '{"a": [2, 3], "b": 2}',
+             jb = '{"x": 1}', day = '2018-05-05 23:59:59', big = big * 7 WHERE k IN (1, 2, 4);"#,
+    )
+    .await;
+    let (code, doc, out) = run(f.dir.path(), "apply");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(doc["applied"]["update"], 3, "{doc}");
+    let (_, doc, _) = run(f.dir.path(), "plan");
+    assert_eq!(counts(&doc), (0, 0, 0), "{doc}");
+    // Spacing and key order are not data: rewriting the JSON the same way changes nothing.
+    pg_exec(
+        &url,
+        r#"UPDATE s SET j = '{ "b" : 2,  "a" : [2,3] }' WHERE k = 1;"#,
+    )
+    .await;
+    let (_, doc, _) = run(f.dir.path(), "plan");
+    assert_eq!(counts(&doc), (0, 0, 0), "{doc}");
+}
+
+#[tokio::test]
+async fn a_value_the_destination_cannot_hold_is_a_failed_row_every_run() {
+    let url = postgres(
+        "cannot_hold",
+        "CREATE TABLE s (k int, fnum float8, ts timestamp);
+         CREATE TABLE d (k int PRIMARY KEY, fnum numeric(6,3), ts timestamp(0));
+         INSERT INTO s VALUES (1, 1.5, '2024-01-01 00:00:00.7'), (2, 12345.6, '2024-01-01'), (3, 2.25, '2024-01-01');",
+    )
+    .await;
+    let f = Folder::new();
+    f.write("job.toml", &job(&url, &url));
+    for _ in 0..2 {
+        let (code, doc, out) = run(f.dir.path(), "apply");
+        assert_eq!(code, 3, "{out}");
+        let failed: Vec<(String, String)> = doc["failed_rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["key"]["k"].to_string(),
+                    r["error"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        assert_eq!(failed.len(), 1, "{doc}");
+        assert_eq!(failed[0].0, "2");
+        assert!(failed[0].1.contains("overflow"), "{failed:?}");
+        // Exactly the refused row remains.
+        let (_, doc, _) = run(f.dir.path(), "plan");
+        assert_eq!(counts(&doc), (1, 0, 0), "{doc}");
+    }
+    assert_eq!(
+        pg_count(
+            &url,
+            "SELECT count(*) FROM d WHERE ts = '2024-01-01 00:00:01' AND fnum = 1.5"
+        )
+        .await,
+        1
+    );
+}
+
+/// The three faults at their root: `char(n)` padding, decimals meeting floats, text meeting dates.
+#[tokio::test]
+async fn char_padding_decimal_floats_and_text_dates_compare_as_stored() {
+    let url = postgres(
+        "roots",
+        "CREATE TABLE s (k char(40), n numeric, t text, day date);
+         CREATE TABLE d (k text PRIMARY KEY, n float8, t date, day text);
+         INSERT INTO s VALUES ('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 10.0, '2017-01-01 00:00:00.123456', '2017-01-01'),
+                              ('b', 0.1, '2017-01-02', '2017-01-02'),
+                              ('c', 0.00000000000000000000000000000001, '2017-01-03', '2017-01-03');
+         INSERT INTO d VALUES ('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 10.0, '2017-01-01', '2017-01-01 00:00:00.123456'),
+                              ('b', 0.1, '2017-01-02', '2017-01-02 00:00:00'),
+                              ('c', 1e-32, '2017-01-03', '2017-01-03');",
+    )
+    .await;
+    let f = Folder::new();
+    f.write("job.toml", &job(&url, &url));
+    let (code, doc, out) = run(f.dir.path(), "plan");
+    assert_eq!(code, 0, "{out}");
+    // The char key meets its text twin; 10.0 and 0.1 at scale 32 equal their floats; a date
+    // column would store the text's day (no change), but text holding a time differs from a date.
+    assert_eq!(counts(&doc), (0, 1, 0), "{doc}");
+    let change = &doc["changes"][0];
+    assert_eq!(
+        change["key"]["k"], "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+        "{doc}"
+    );
+    let changed: Vec<&String> = change["changed"].as_object().unwrap().keys().collect();
+    assert_eq!(changed, ["day"], "{doc}");
+    let (code, _, out) = run(f.dir.path(), "apply");
+    assert_eq!(code, 0, "{out}");
+    let (_, doc, _) = run(f.dir.path(), "plan");
+    assert_eq!(counts(&doc), (0, 0, 0), "{doc}");
+}
+
+#[tokio::test]
+async fn mariadb_datetime_decimal_and_float_columns_converge() {
+    let pg = postgres(
+        "to_mariadb",
+        "CREATE TABLE s (k int, at timestamp, at3 timestamp, amount numeric, ratio float8);
+         INSERT INTO s VALUES (1, '2024-01-01 10:00:00.999999', '2024-01-01 10:00:00.123456', 0.1235, 0.1),
+                              (2, '1999-12-31 23:59:59.5', '1999-12-31 23:59:59.9996', -2.0005, 1e-30),
+                              (3, NULL, NULL, NULL, NULL);",
+    )
+    .await;
+    let my = mariadb(
+        "from_pg",
+        "CREATE TABLE d (k INT PRIMARY KEY, at DATETIME, at3 DATETIME(3), amount DECIMAL(6,3), ratio FLOAT);",
+    )
+    .await;
+    let f = Folder::new();
+    f.write("job.toml", &job(&pg, &my));
+    let (code, doc, out) = run(f.dir.path(), "apply");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(doc["applied"]["insert"], 3, "{doc}");
+    let (code, doc, out) = run(f.dir.path(), "plan");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(counts(&doc), (0, 0, 0), "{doc}");
+}
