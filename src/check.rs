@@ -18,6 +18,9 @@ pub struct CheckReport {
     pub reached: Vec<String>,
     /// Advice that is not a problem (a match key without an index).
     pub notes: Vec<String>,
+    /// One line per mapped pair: each side's type, the type they are compared in, and how the
+    /// destination stores the source's values when it holds less (a warning).
+    pub pairs: Vec<String>,
     pub problems: Vec<Error>,
 }
 
@@ -68,7 +71,14 @@ pub async fn check(job: &Job, progress: &Progress) -> CheckReport {
     }
     if report.ok() {
         match diff::resolve_registered(&ctx, job).await {
-            Ok(_) => {}
+            Ok(resolved) => {
+                let storage = diff::stored::destination(job).await.unwrap_or_default();
+                for m in resolved.keys.iter().chain(&resolved.compared) {
+                    report
+                        .pairs
+                        .push(pair_line(m, storage.get(&m.destination).copied()));
+                }
+            }
             Err(Error::Mapping(problems)) => report.problems.extend(problems),
             Err(e) => report.problems.push(e),
         }
@@ -85,4 +95,27 @@ async fn describe(ctx: &datafusion::prelude::SessionContext, job: &Job, side: Si
         "{side}: {} ({columns} columns)",
         job.endpoint(side).location.display()
     )
+}
+
+/// `source price (decimal(10,2)) → destination total_price (float (Float64)): compared as float
+/// (Float64)`, and when the destination holds less than the source can, how it stores values.
+fn pair_line(m: &diff::Mapped, storage: Option<diff::stored::Storage>) -> String {
+    use crate::types::describe;
+    let mut line = format!(
+        "pair: source `{}` ({}) → destination `{}` ({}): compared as {}",
+        m.source,
+        describe(&m.source_type),
+        m.destination,
+        describe(&m.destination_type),
+        describe(&m.common)
+    );
+    let column = datafusion::prelude::ident("x");
+    let narrower =
+        storage.filter(|s| s.apply(column.clone(), &m.common) != column || s.both_sides());
+    if let Some(how) = narrower.and_then(|s| s.describe()) {
+        line.push_str(&format!(
+            "; warning: the destination stores source values {how}, and they are compared so"
+        ));
+    }
+    line
 }

@@ -171,6 +171,9 @@ async fn check(job: &Job, progress: &Progress) -> recon::Result<u8> {
     for line in &found.reached {
         text.push_str(&format!("reached {line}\n"));
     }
+    for pair in &found.pairs {
+        text.push_str(&format!("{pair}\n"));
+    }
     for note in &found.notes {
         text.push_str(&format!("{note}\n"));
     }

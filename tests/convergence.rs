@@ -186,3 +186,32 @@ async fn mariadb_datetime_decimal_and_float_columns_converge() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(counts(&doc), (0, 0, 0), "{doc}");
 }
+
+#[tokio::test]
+async fn check_names_each_pair_and_what_the_destination_cannot_hold() {
+    let url = postgres(
+        "check_pairs",
+        "CREATE TABLE s (k int, ts timestamp, amount numeric(10,4), label text);
+         CREATE TABLE d (k int PRIMARY KEY, ts timestamp(3), amount numeric(10,2), label text);
+         INSERT INTO s VALUES (1, now(), 1.2345, 'a'); INSERT INTO d VALUES (1, now(), 1.23, 'a');",
+    )
+    .await;
+    let f = Folder::new();
+    f.write("job.toml", &job(&url, &url));
+    let (code, out, err) = recon(&["check", "job.toml"], f.dir.path());
+    assert_eq!(code, 0, "{err}");
+    let line = |column: &str| {
+        out.lines()
+            .find(|l| l.starts_with("pair:") && l.contains(&format!("`{column}`")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(line("ts").contains("rounded to 3 fraction digits"), "{out}");
+    assert!(line("amount").contains(",4))"), "{out}");
+    assert!(
+        line("amount").contains("rounded to 2 decimal places"),
+        "{out}"
+    );
+    assert!(!line("label").contains("warning"), "{out}");
+    assert!(!line("label").is_empty(), "{out}");
+}
