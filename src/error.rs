@@ -93,6 +93,9 @@ pub enum Error {
         destination_type: String,
     },
 
+    #[error("`[compare.options]` for `{column}`: {message}")]
+    BadOption { column: String, message: String },
+
     #[error("{count} {side} row{} {} a NULL key ({columns}); sample: {}", if *.count == 1 { "" } else { "s" }, if *.count == 1 { "has" } else { "have" }, .sample.join("; "))]
     NullKeys {
         side: Side,

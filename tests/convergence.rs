@@ -215,3 +215,120 @@ async fn check_names_each_pair_and_what_the_destination_cannot_hold() {
     assert!(!line("label").contains("warning"), "{out}");
     assert!(!line("label").is_empty(), "{out}");
 }
+
+const OPTIONS_JOB: &str = "[compare]
+price = \"total_price\"
+ratio = \"ratio\"
+name = \"name\"
+at = \"at\"
+note = \"note\"
+[compare.options]
+total_price = { tolerance = 0.01 }
+ratio = { relative = 0.001 }
+name = { ignore_case = true, trim = true, normalize = \"nfc\" }
+at = { precision = \"1s\" }
+note = { ignore = true }
+";
+
+#[tokio::test]
+async fn comparison_options_hold_for_plan_and_apply() {
+    let url = postgres(
+        "options",
+        "CREATE TABLE s (k int, price numeric(10,2), ratio float8, name text, at timestamp, note text);
+         CREATE TABLE d (k int PRIMARY KEY, total_price numeric(10,2), ratio float8, name text, at timestamp, note text);
+         INSERT INTO s VALUES (1, 10.00, 1000, ' Café ', '2024-01-01 10:00:00.2', 'x'),
+                              (2, 10.00, NULL, 'a', '2024-01-01 10:00:00', 'x'),
+                              (3, NULL, 5, 'same', '2024-01-01 10:00:00', 'x');
+         INSERT INTO d VALUES (1, 10.01, 1000.9, E'CAFE\\u0301', '2024-01-01 10:00:00.9', 'y'),
+                              (2, 10.02, 0, 'b', '2024-01-01 10:00:01', 'y'),
+                              (3, 0.001, 5, 'SAME', '2024-01-01 10:00:00', 'y');",
+    )
+    .await;
+    let f = Folder::new();
+    f.write(
+        "job.toml",
+        &format!(
+            "[source]\nurl = \"{url}\"\ntable = \"s\"\n[destination]\nurl = \"{url}\"\ntable = \"d\"\n[match]\nk = \"k\"\n{OPTIONS_JOB}"
+        ),
+    );
+    let (code, doc, out) = run(f.dir.path(), "plan");
+    assert_eq!(code, 0, "{out}");
+    // Row 1 is within every option; the boundary (0.01 exactly) is inclusive.
+    assert_eq!(counts(&doc), (0, 2, 0), "{doc}");
+    let changed = |key: i64| -> Vec<String> {
+        let change = doc["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["key"]["k"] == key)
+            .unwrap();
+        change["changed"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    };
+    assert_eq!(changed(2), ["total_price", "ratio", "name", "at"], "{doc}");
+    // NULL is never within a tolerance of a value.
+    assert_eq!(changed(3), ["total_price"], "{doc}");
+    let (code, doc, out) = run(f.dir.path(), "apply");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(doc["applied"]["update"], 2, "{doc}");
+    // A value within tolerance is not written; an ignored column is never written; what is
+    // written is the source value, not its folded form.
+    assert_eq!(
+        pg_count(
+            &url,
+            "SELECT count(*) FROM d WHERE k = 1 AND total_price = 10.01 AND note = 'y'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        pg_count(
+            &url,
+            "SELECT count(*) FROM d WHERE k = 2 AND name = 'a' AND note = 'y'"
+        )
+        .await,
+        1
+    );
+    let (_, doc, _) = run(f.dir.path(), "plan");
+    assert_eq!(counts(&doc), (0, 0, 0), "{doc}");
+}
+
+#[tokio::test]
+async fn comparison_options_that_do_not_fit_are_refused() {
+    let url = postgres(
+        "bad_options",
+        "CREATE TABLE s (k int, name text); CREATE TABLE d (k int PRIMARY KEY, name text);",
+    )
+    .await;
+    let f = Folder::new();
+    let base = format!(
+        "[source]\nurl = \"{url}\"\ntable = \"s\"\n[destination]\nurl = \"{url}\"\ntable = \"d\"\n[match]\nk = \"k\"\n"
+    );
+    f.write(
+        "job.toml",
+        &format!(
+            "{base}[compare.options]\nname = {{ tolerance = 0.5 }}\nnmae = {{ trim = true }}\n"
+        ),
+    );
+    let (code, _, err) = recon(&["plan", "job.toml"], f.dir.path());
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("`name`") && err.contains("apply to numbers"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`nmae`") && err.contains("no compared column"),
+        "{err}"
+    );
+    f.write(
+        "job.toml",
+        &format!("{base}[compare.options]\nname = {{ precision = \"fast\", color = 1 }}\n"),
+    );
+    let (code, _, err) = recon(&["plan", "job.toml"], f.dir.path());
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("precision") && err.contains("color"), "{err}");
+}

@@ -33,6 +33,46 @@ pub struct Job {
     pub diff_query: Option<PathBuf>,
     /// `[engine]`: memory budget and spill folder.
     pub engine: EngineOptions,
+    /// `[compare.options]`: per compared column (by destination or source name), or `"*"` for
+    /// every one.
+    pub compare_options: std::collections::BTreeMap<String, CompareOptions>,
+}
+
+/// How one compared column is compared (`[compare.options]`). Every option applies on both
+/// sides, to `plan`, `apply` and `audit` alike; what `apply` writes is always the source value.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CompareOptions {
+    /// `tolerance = 0.01`: numbers within this distance are equal (inclusive), as written (the
+    /// decimal text, compared exactly for decimal columns).
+    pub tolerance: Option<String>,
+    /// `relative = 0.001`: numbers within this fraction of the larger magnitude are equal
+    /// (inclusive; compared as floats).
+    pub relative: Option<f64>,
+    /// `ignore_case = true`: text compared lowercased.
+    pub ignore_case: bool,
+    /// `trim = true`: text compared without leading and trailing whitespace.
+    pub trim: bool,
+    /// `normalize = "nfc"`: text compared in Unicode normal form C.
+    pub nfc: bool,
+    /// `precision = "1s"`: timestamps compared truncated to this many microseconds.
+    pub precision: Option<i64>,
+    /// `ignore = true`: the column is neither compared nor written.
+    pub ignore: bool,
+}
+
+impl CompareOptions {
+    /// `self` with the options `over` sets taking precedence.
+    fn overlay(&self, over: &CompareOptions) -> CompareOptions {
+        CompareOptions {
+            tolerance: over.tolerance.clone().or_else(|| self.tolerance.clone()),
+            relative: over.relative.or(self.relative),
+            ignore_case: over.ignore_case || self.ignore_case,
+            trim: over.trim || self.trim,
+            nfc: over.nfc || self.nfc,
+            precision: over.precision.or(self.precision),
+            ignore: over.ignore || self.ignore,
+        }
+    }
 }
 
 /// `[engine]`: how much memory a run may use, and where it spills beyond that.
@@ -147,6 +187,20 @@ pub enum MaxChanges {
 }
 
 impl Job {
+    /// The options of the compared pair `source` → `destination`: `"*"`'s, overlaid by the
+    /// column's own (named by its destination name, or else its source name).
+    pub fn options_for(&self, source: &str, destination: &str) -> CompareOptions {
+        let all = self.compare_options.get("*").cloned().unwrap_or_default();
+        match self
+            .compare_options
+            .get(destination)
+            .or_else(|| self.compare_options.get(source))
+        {
+            Some(own) => all.overlay(own),
+            None => all,
+        }
+    }
+
     /// Read, parse and validate a job file. All problems are reported together as
     /// [`Error::InvalidJob`].
     pub fn load(path: &Path) -> Result<Job> {

@@ -29,6 +29,15 @@ const TOP_KEYS: &[&str] = &[
     "engine",
 ];
 const ENGINE_KEYS: &[&str] = &["memory_limit", "spill_dir"];
+const COMPARE_OPTION_KEYS: &[&str] = &[
+    "tolerance",
+    "relative",
+    "ignore_case",
+    "trim",
+    "normalize",
+    "precision",
+    "ignore",
+];
 const ENDPOINT_KEYS: &[&str] = &["url", "table", "query", "id", "cursor", "lag", "http"];
 const WRITE_KEYS: &[&str] = &["deletes", "max_changes", "batch_size", "persistent_after"];
 const STATE_KEYS: &[&str] = &["url"];
@@ -94,8 +103,15 @@ impl Walker<'_> {
         let source = self.endpoint(doc, Side::Source);
         let destination = self.endpoint(doc, Side::Destination);
         let keys = self.pairs(doc, "match", true);
+        // A `[compare]` that holds only `[compare.options]` maps no column: every same-named
+        // column is compared, as without `[compare]`.
+        let only_options = matches!(
+            doc.get("compare").map(|v| v.get_ref()),
+            Some(DeValue::Table(t)) if t.len() == 1 && t.get("options").is_some()
+        );
         let compare = doc
             .get("compare")
+            .filter(|_| !only_options)
             .and_then(|_| self.pairs(doc, "compare", false));
         self.check_mapping(keys.as_deref().unwrap_or_default(), compare.as_deref());
         let keys = keys.map(strip_lines);
@@ -106,6 +122,7 @@ impl Walker<'_> {
             .string(doc, "diff_query", "")
             .map(|(v, _)| self.resolve(&v));
         let engine = self.engine(doc);
+        let compare_options = self.compare_options(doc);
         let name = name.unwrap_or_else(|| {
             self.file
                 .file_stem()
@@ -122,6 +139,7 @@ impl Walker<'_> {
             state_url,
             diff_query,
             engine: engine?,
+            compare_options: compare_options?,
         })
     }
 
@@ -351,6 +369,8 @@ impl Walker<'_> {
         let mut pairs = Vec::new();
         for (k, v) in table.iter() {
             match v.get_ref() {
+                // `[compare.options]` is read by `compare_options`.
+                DeValue::Table(_) if key == "compare" && k.get_ref() == "options" => {}
                 DeValue::String(s) => pairs.push((
                     ColumnPair {
                         source: k.get_ref().to_string(),
@@ -430,6 +450,83 @@ impl Walker<'_> {
         (self.problems.len() == before).then_some(out)
     }
 
+    /// `[compare.options]`: `column = { tolerance = 0.01, … }` lines (`"*"` for every column).
+    fn compare_options(
+        &mut self,
+        doc: &Table,
+    ) -> Option<std::collections::BTreeMap<String, super::CompareOptions>> {
+        let mut out = std::collections::BTreeMap::new();
+        let Some(DeValue::Table(compare)) = doc.get("compare").map(|v| v.get_ref()) else {
+            return Some(out);
+        };
+        let Some(options) = compare.get("options") else {
+            return Some(out);
+        };
+        let DeValue::Table(options) = options.get_ref() else {
+            return Some(out);
+        };
+        let before = self.problems.len();
+        for (column, value) in options.iter() {
+            let column = column.get_ref().to_string();
+            let prefix = format!("compare.options.{column}.");
+            let DeValue::Table(table) = value.get_ref() else {
+                self.problem(
+                    value.span().start,
+                    format!("`compare.options.{column}` must be a table, e.g. `{column} = {{ tolerance = 0.01 }}`"),
+                );
+                continue;
+            };
+            self.unknown_keys(table, COMPARE_OPTION_KEYS, &prefix);
+            let mut o = super::CompareOptions::default();
+            for (key, v) in table.iter() {
+                let at = v.span().start;
+                let name = format!("{prefix}{}", key.get_ref());
+                let number = match v.get_ref() {
+                    DeValue::Integer(i) => Some(i.as_str().replace('_', "")),
+                    DeValue::Float(f) => Some(f.as_str().replace('_', "")),
+                    _ => None,
+                }
+                .filter(|t| t.parse::<f64>().is_ok_and(|x| x.is_finite() && x >= 0.0));
+                let flag = match v.get_ref() {
+                    DeValue::Boolean(b) => Some(*b),
+                    _ => None,
+                };
+                match key.get_ref().as_ref() {
+                    "tolerance" => match number {
+                        Some(t) => o.tolerance = Some(t),
+                        None => self.problem(at, format!("`{name}` must be a number ≥ 0, e.g. 0.01")),
+                    },
+                    "relative" => match number.and_then(|t| t.parse().ok()) {
+                        Some(r) => o.relative = Some(r),
+                        None => self.problem(at, format!("`{name}` must be a number ≥ 0, e.g. 0.001 (a tenth of a percent)")),
+                    },
+                    "ignore_case" | "trim" | "ignore" => match flag {
+                        Some(b) => match key.get_ref().as_ref() {
+                            "ignore_case" => o.ignore_case = b,
+                            "trim" => o.trim = b,
+                            _ => o.ignore = b,
+                        },
+                        None => self.problem(at, format!("`{name}` must be true or false")),
+                    },
+                    "normalize" => match v.get_ref() {
+                        DeValue::String(s) if s.eq_ignore_ascii_case("nfc") => o.nfc = true,
+                        _ => self.problem(at, format!("`{name}` must be \"nfc\"")),
+                    },
+                    "precision" => match v.get_ref() {
+                        DeValue::String(s) => match precision_micros(s) {
+                            Some(us) => o.precision = Some(us),
+                            None => self.problem(at, format!("`{name}` must be a duration like \"1s\", \"1ms\", \"10us\", \"1m\", \"1h\" or \"1d\"")),
+                        },
+                        _ => self.problem(at, format!("`{name}` must be a duration like \"1s\"")),
+                    },
+                    _ => {}
+                }
+            }
+            out.insert(column, o);
+        }
+        (self.problems.len() == before).then_some(out)
+    }
+
     /// `[engine]`: `memory_limit = "1GB"` (or a byte count), `spill_dir = "/var/tmp/recon"`.
     fn engine(&mut self, doc: &Table) -> Option<EngineOptions> {
         let mut out = EngineOptions::default();
@@ -477,4 +574,22 @@ impl Walker<'_> {
         }
         url.map_or_else(default, |(v, _)| v)
     }
+}
+
+/// `"1s"`, `"250ms"`, `"10us"`, `"1m"`, `"1h"`, `"1d"` in microseconds (above 0).
+fn precision_micros(text: &str) -> Option<i64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = text.split_at(split);
+    let n: i64 = n.parse().ok()?;
+    let unit = match unit.trim() {
+        "us" | "µs" => 1,
+        "ms" => 1_000,
+        "s" => 1_000_000,
+        "m" | "min" => 60_000_000,
+        "h" => 3_600_000_000,
+        "d" => 86_400_000_000,
+        _ => return None,
+    };
+    n.checked_mul(unit).filter(|us| *us > 0)
 }

@@ -4,6 +4,7 @@
 //! user's `diff_query` wrapped by queries/user_diff.sql — read-only, and collect the changeset.
 
 mod bucket;
+mod options;
 mod resolve;
 mod rows;
 pub mod stored;
@@ -81,6 +82,7 @@ pub async fn changeset_with(
     for m in resolved.keys.iter_mut().chain(resolved.compared.iter_mut()) {
         m.storage = storage.get(&m.destination).copied().unwrap_or_default();
     }
+    apply_options(job, &mut resolved)?;
     let shell = Changeset {
         job: job.name.clone(),
         key_columns: resolved.key_names(),
@@ -267,13 +269,18 @@ async fn register_view(ctx: &SessionContext, side: Side, resolved: &Resolved) ->
         for (i, m) in mapped.iter().enumerate() {
             let (name, from) = pick(m);
             let mut value = cast_to(&name, &from, &m.common);
-            // The source as the destination would store it; JSON parsed on both sides.
+            // The source as the destination would store it: what `apply` writes (`w…`).
             if side == Side::Source {
                 value = m.storage.apply(value, &m.common);
+                if prefix == "v" {
+                    exprs.push(value.clone().alias(format!("w{i}")));
+                }
             }
+            // JSON parsed on both sides; `[compare.options]` on both sides.
             if m.storage.both_sides() && is_text(&m.common) {
                 value = stored::json(value);
             }
+            value = options::compared(value, &m.options, &m.common);
             exprs.push(value.alias(format!("{prefix}{i}")));
         }
     }
@@ -431,7 +438,7 @@ fn sample_keys(
 /// new values (`s`, or `u` for a user diff).
 fn render_diff(template: &str, resolved: &Resolved, left: &str) -> String {
     let (n, m) = (resolved.keys.len(), resolved.compared.len());
-    let distinct = |i: usize| format!("({left}.v{i} IS DISTINCT FROM d.v{i})");
+    let distinct = |i: usize| options::differs(left, i, &resolved.compared[i]);
     let keys = match left {
         "s" => list(
             n,
@@ -459,7 +466,14 @@ fn render_diff(template: &str, resolved: &Resolved, left: &str) -> String {
             "{{values}}",
             &list(
                 m,
-                |i| format!("{left}.o{i} AS s_v{i}, d.o{i} AS d_v{i}, {left}.v{i} AS n_v{i},"),
+                |i| {
+                    // What apply writes: the source value as the destination stores it, before
+                    // any comparison option (a case-folded value is never written).
+                    let written = if left == "s" { "w" } else { "v" };
+                    format!(
+                        "{left}.o{i} AS s_v{i}, d.o{i} AS d_v{i}, {left}.{written}{i} AS n_v{i},"
+                    )
+                },
                 "\n    ",
             ),
         )
@@ -580,4 +594,38 @@ impl OutputFile {
             None,
         )?)
     }
+}
+
+/// Set each compared pair's `[compare.options]`, drop ignored columns, and refuse options that do
+/// not fit the pair's comparison type.
+fn apply_options(job: &Job, resolved: &mut Resolved) -> Result<()> {
+    let mut problems = Vec::new();
+    for m in resolved.compared.iter_mut() {
+        m.options = job.options_for(&m.source, &m.destination);
+        if let Some(message) = options::unfit(&m.options, &m.common) {
+            problems.push(Error::BadOption {
+                column: m.destination.clone(),
+                message,
+            });
+        }
+    }
+    for name in job.compare_options.keys() {
+        let known = name == "*"
+            || resolved
+                .compared
+                .iter()
+                .chain(&resolved.keys)
+                .any(|m| &m.destination == name || &m.source == name);
+        if !known {
+            problems.push(Error::BadOption {
+                column: name.clone(),
+                message: "no compared column has this name (on either side)".into(),
+            });
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Error::Mapping(problems));
+    }
+    resolved.compared.retain(|m| !m.options.ignore);
+    Ok(())
 }

@@ -20,6 +20,8 @@ pub struct Mapped {
     pub common: DataType,
     /// How the destination column stores values (src/diff/stored.rs); set after resolving.
     pub storage: super::stored::Storage,
+    /// `[compare.options]` for this pair; set after resolving.
+    pub options: crate::config::CompareOptions,
 }
 
 /// The job's mapping, checked against the snapshots.
@@ -165,6 +167,7 @@ fn map(
         destination_type: d,
         common,
         storage: Default::default(),
+        options: Default::default(),
     })
 }
 
