@@ -87,9 +87,15 @@ impl Writer {
             what: format!("preparing to write `{}`", target.table),
             source: Box::new(e),
         };
+        // Each column's type without its modifier — but `character` alone means `char(1)` and
+        // `bit` alone `bit(1)`, so those are cast to their unbounded kin and the assignment to
+        // the column pads or refuses as the column says.
         let types: HashMap<String, String> = sqlx::query_as(
-            "SELECT attname::text, format_type(atttypid, NULL) FROM pg_attribute
-             WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped",
+            "SELECT a.attname::text, CASE t.typname WHEN 'bpchar' THEN 'bpchar' WHEN '_bpchar' THEN 'bpchar[]'
+                      WHEN 'bit' THEN 'varbit' WHEN '_bit' THEN 'varbit[]'
+                      ELSE format_type(a.atttypid, NULL) END
+             FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+             WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped",
         )
         .bind(&table)
         .fetch_all(&mut conn)
