@@ -181,10 +181,19 @@ fn push(row: &MySqlRow, i: usize, kind: Kind, b: &mut ColumnBuilder) -> DecodeRe
             row.try_get_unchecked::<Option<u64>, _>(i)?
                 .map(|n| (i256::from_i128(n.into()), 0)),
         ),
-        (Kind::Decimal, ColumnBuilder::Decimal(v)) => v.push(
-            row.try_get_unchecked::<Option<rust_decimal::Decimal>, _>(i)?
-                .map(|d| (i256::from_i128(d.mantissa()), d.scale())),
-        ),
+        // From the server's own text: a 128-bit decimal type keeps 28 digits and would round
+        // DECIMAL(38,10) and wider silently.
+        (Kind::Decimal, ColumnBuilder::Decimal(v)) => {
+            let text = row.try_get_unchecked::<Option<&str>, _>(i)?;
+            v.push(match text {
+                None => None,
+                Some(t) => Some(crate::snapshot::text_decimal(t).ok_or_else(|| {
+                    sqlx::Error::Decode(
+                        format!("DECIMAL value `{t}` is not a plain decimal").into(),
+                    )
+                })?),
+            })
+        }
         (Kind::Float, ColumnBuilder::Float32(b)) => {
             b.append_option(row.try_get_unchecked::<Option<f32>, _>(i)?)
         }

@@ -288,6 +288,19 @@ fn decimal_values(array: &ArrayRef) -> std::result::Result<Vec<Option<(i256, u32
     })
 }
 
+/// A plain decimal text (`-12.3400`) as (mantissa, scale), exactly, if it has at most 76 digits.
+pub fn text_decimal(text: &str) -> Option<(i256, u32)> {
+    let text = text.trim();
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let digits = format!("{whole}{fraction}");
+    if digits.trim_start_matches(['-', '+']).len() > DIGITS_256 as usize
+        || !fraction.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    Some((i256::from_string(&digits)?, fraction.len() as u32))
+}
+
 /// The exact decimal of a float's shortest round-trip text (`0.1` → 1e-1), if it has one of at
 /// most 76 digits.
 pub fn float_decimal(f: f64) -> Option<(i256, u32)> {

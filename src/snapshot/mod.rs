@@ -16,7 +16,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 
 mod exact;
 
-pub use exact::{Facts, convert, finish_decimal, float_decimal, rescale, widen};
+pub use exact::{Facts, convert, finish_decimal, float_decimal, rescale, text_decimal, widen};
 
 /// Rows per record batch produced by the database connectors.
 pub const BATCH_ROWS: usize = 8192;
