@@ -353,6 +353,7 @@ const RULE_PAIRS: &[(&str, &str, &str)] = &[
     ("numeric(20,6)", "numeric(12,2)", "num"),
     ("jsonb", "json", "json"),
     ("char(6)", "varchar(10)", "text"),
+    ("text", "varchar(5)", "text"),
 ];
 
 fn value(kind: &'static str) -> proptest::strategy::BoxedStrategy<String> {
@@ -657,4 +658,139 @@ async fn csv_and_sqlite_sources_converge_into_postgres() {
         &format!("[source]\nurl = \"sqlite://src.db\"\ntable = \"s\"\n[destination]\nurl = \"{pg}\"\ntable = \"d\"\n[match]\nk = \"k\"\n"),
     );
     assert_eq!(converge(f.dir.path()).await, Vec::<i64>::new());
+}
+
+/// (PostgreSQL source type, MariaDB destination type, kind of value)
+const MARIADB_RULE_PAIRS: &[(&str, &str, &str)] = &[
+    ("timestamp", "DATETIME(3)", "ts"),
+    ("timestamp", "DATETIME", "ts"),
+    ("numeric", "DECIMAL(14,3)", "num"),
+    ("float8", "FLOAT", "float"),
+    ("float8", "DECIMAL(12,2)", "float"),
+    ("text", "VARCHAR(8)", "text"),
+    ("text", "CHAR(6)", "text"),
+];
+
+/// The rule against MariaDB: a row is planned as changed if and only if applying it to a copy
+/// of the destination changes what the copy stores (or the copy refuses it).
+async fn check_rule_mariadb(
+    pg: &str,
+    my: &str,
+    pair: usize,
+    rows: &[(Option<String>, Option<String>)],
+) {
+    use sqlx::{Connection, Executor, Row};
+    let (source_type, destination_type, _) = MARIADB_RULE_PAIRS[pair];
+    let mut pg_conn = sqlx::PgConnection::connect(pg).await.unwrap();
+    pg_conn
+        .execute(sqlx::AssertSqlSafe(format!(
+            "SET TimeZone = 'UTC'; DROP TABLE IF EXISTS s; CREATE TABLE s (k int, v {source_type});"
+        )))
+        .await
+        .unwrap();
+    let mut my_conn = sqlx::MySqlConnection::connect(my).await.unwrap();
+    my_conn
+        .execute(sqlx::AssertSqlSafe(format!(
+            "DROP TABLE IF EXISTS d, d2; CREATE TABLE d (k INT PRIMARY KEY, v {destination_type} NULL);"
+        )))
+        .await
+        .unwrap();
+    let literal = |v: &Option<String>| match v {
+        None => "NULL".to_string(),
+        Some(v) => format!("'{}'", v.replace('\'', "''")),
+    };
+    for (k, (s, d)) in rows.iter().enumerate() {
+        let insert = format!("INSERT INTO s VALUES ({k}, {})", literal(s));
+        if pg_conn.execute(sqlx::AssertSqlSafe(insert)).await.is_err() {
+            pg_conn
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO s VALUES ({k}, NULL)"
+                )))
+                .await
+                .unwrap();
+        }
+        // MariaDB in strict mode refuses what does not fit; then the row holds NULL.
+        let insert = format!("INSERT INTO d VALUES ({k}, {})", literal(d));
+        if my_conn.execute(sqlx::AssertSqlSafe(insert)).await.is_err() {
+            my_conn
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO d VALUES ({k}, NULL)"
+                )))
+                .await
+                .unwrap();
+        }
+    }
+    my_conn
+        .execute("CREATE TABLE d2 LIKE d; INSERT INTO d2 SELECT * FROM d;")
+        .await
+        .unwrap();
+    let f = Folder::new();
+    f.write("job.toml", &job(pg, my));
+    f.write(
+        "copy.toml",
+        &job(pg, my).replace("table = \"d\"", "table = \"d2\""),
+    );
+    let (code, out, err) = recon(&["plan", "job.toml", "-f", "json"], f.dir.path());
+    assert_eq!(code, 0, "{rows:?}\n{err}");
+    let planned: std::collections::BTreeSet<i64> = json(&out)["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["key"]["k"].as_i64().unwrap())
+        .collect();
+    let (code, out, err) = recon(&["apply", "copy.toml", "-f", "json"], f.dir.path());
+    assert!(code == 0 || code == 3, "{rows:?}\n{out}{err}");
+    let failed: std::collections::BTreeSet<i64> = json(&out)["failed_rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["key"]["k"].as_i64().unwrap())
+        .collect();
+    let mut expected: std::collections::BTreeSet<i64> = sqlx::query(
+        "SELECT d.k FROM d JOIN d2 ON d.k = d2.k WHERE NOT (CAST(CAST(d.v AS CHAR) AS BINARY) <=> CAST(CAST(d2.v AS CHAR) AS BINARY))",
+    )
+    .fetch_all(&mut my_conn)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get::<i32, _>(0) as i64)
+    .collect();
+    expected.extend(&failed);
+    assert_eq!(
+        planned, expected,
+        "{source_type} → MariaDB {destination_type}\n{rows:?}\n{out}"
+    );
+}
+
+#[test]
+fn changed_means_writing_would_change_what_mariadb_stores() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let pg = runtime.block_on(postgres("rule_my", "SELECT 1"));
+    let my = runtime.block_on(mariadb("rule_my", "SELECT 1"));
+    let mut runner = TestRunner::new(Config {
+        cases: 20,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let strategy = (0..MARIADB_RULE_PAIRS.len()).prop_flat_map(|pair| {
+        let kind = MARIADB_RULE_PAIRS[pair].2;
+        let row = (
+            proptest::option::weighted(0.9, value(kind)),
+            proptest::option::weighted(0.8, value(kind)),
+            any::<bool>(),
+        )
+            .prop_map(|(s, other, same)| {
+                let d = if same { s.clone() } else { other };
+                (s, d)
+            });
+        (Just(pair), proptest::collection::vec(row, 1..20))
+    });
+    runner
+        .run(&strategy, |(pair, rows)| {
+            runtime.block_on(check_rule_mariadb(&pg, &my, pair, &rows));
+            Ok(())
+        })
+        .unwrap();
 }

@@ -39,6 +39,9 @@ pub enum Storage {
     Json,
     /// `char(n)`: trailing spaces are padding.
     Padded,
+    /// `varchar(n)`: a longer value whose excess is only spaces is stored cut to n characters
+    /// (PostgreSQL and MySQL/MariaDB both do so; other longer values are refused).
+    Length(u32),
     /// A date: a timestamp written to it keeps its day.
     Date,
 }
@@ -51,6 +54,20 @@ impl Storage {
         match (self, common) {
             (Storage::Padded, Utf8) => {
                 datafusion::functions::string::expr_fn::rtrim(vec![value, lit(" ")])
+            }
+            (Storage::Length(n), Utf8) => {
+                use datafusion::functions::string::expr_fn::rtrim;
+                use datafusion::functions::unicode::expr_fn::character_length;
+                use datafusion::functions::unicode::expr_fn::substr;
+                let excess = substr(value.clone(), lit(n as i64 + 1));
+                when(
+                    character_length(value.clone())
+                        .gt(lit(n as i64))
+                        .and(rtrim(vec![excess, lit(" ")]).eq(lit(""))),
+                    substr_len(value.clone(), n),
+                )
+                .otherwise(value)
+                .unwrap_or_else(|_| lit(ScalarValue::Null))
             }
             (Storage::Float4, Float64) => cast(cast(value, Float32), Float64),
             (Storage::Date, Timestamp(..)) => cast(cast(value, Date32), common.clone()),
@@ -105,6 +122,7 @@ impl Storage {
             Storage::Float4 => "narrowed to a 4-byte float".into(),
             Storage::Json => "parsed as JSON".into(),
             Storage::Padded => "without trailing spaces (char padding)".into(),
+            Storage::Length(n) => format!("cut to {n} characters when the excess is spaces"),
             Storage::Date => "as a date (the time of day dropped)".into(),
         })
     }
@@ -163,20 +181,24 @@ pub async fn destination(job: &Job) -> Result<HashMap<String, Storage>> {
             if parts.len() < 2 {
                 parts.insert(0, String::new());
             }
-            let rows: Vec<(String, String, Option<u64>, Option<u64>)> = sqlx::query_as(
-                "SELECT CAST(COLUMN_NAME AS CHAR), CAST(DATA_TYPE AS CHAR),
-                        CAST(DATETIME_PRECISION AS UNSIGNED), CAST(NUMERIC_SCALE AS UNSIGNED)
+            let rows: Vec<(String, String, Option<u64>, Option<u64>, Option<u64>)> =
+                sqlx::query_as(
+                    "SELECT CAST(COLUMN_NAME AS CHAR), CAST(DATA_TYPE AS CHAR),
+                        CAST(DATETIME_PRECISION AS UNSIGNED), CAST(NUMERIC_SCALE AS UNSIGNED),
+                        CAST(CHARACTER_MAXIMUM_LENGTH AS UNSIGNED)
                  FROM information_schema.COLUMNS
                  WHERE TABLE_SCHEMA = COALESCE(NULLIF(?, ''), DATABASE()) AND TABLE_NAME = ?",
-            )
-            .bind(&parts[parts.len() - 2])
-            .bind(&parts[parts.len() - 1])
-            .fetch_all(&mut conn)
-            .await
-            .map_err(catalog_error)?;
+                )
+                .bind(&parts[parts.len() - 2])
+                .bind(&parts[parts.len() - 1])
+                .fetch_all(&mut conn)
+                .await
+                .map_err(catalog_error)?;
             Ok(rows
                 .into_iter()
-                .map(|(name, kind, fraction, scale)| (name, mysql(&kind, fraction, scale)))
+                .map(|(name, kind, fraction, scale, length)| {
+                    (name, mysql(&kind, fraction, scale, length))
+                })
                 .collect())
         }
         _ => Ok(HashMap::new()),
@@ -194,13 +216,19 @@ fn postgres(kind: &str, typmod: i32) -> Storage {
         "float4" => Storage::Float4,
         "json" | "jsonb" => Storage::Json,
         "bpchar" => Storage::Padded,
+        "varchar" if typmod > 4 => Storage::Length((typmod - 4) as u32),
         "date" => Storage::Date,
         _ => Storage::Plain,
     }
 }
 
+/// The first `n` characters of `value`.
+fn substr_len(value: Expr, n: u32) -> Expr {
+    datafusion::functions::unicode::expr_fn::substring(value, lit(1i64), lit(n as i64))
+}
+
 /// A MySQL/MariaDB column's storage from `information_schema.COLUMNS`.
-fn mysql(kind: &str, fraction: Option<u64>, scale: Option<u64>) -> Storage {
+fn mysql(kind: &str, fraction: Option<u64>, scale: Option<u64>, length: Option<u64>) -> Storage {
     match kind.to_ascii_lowercase().as_str() {
         "datetime" | "timestamp" | "time" => match fraction {
             Some(d) if d < 6 => Storage::Fraction {
@@ -213,6 +241,8 @@ fn mysql(kind: &str, fraction: Option<u64>, scale: Option<u64>) -> Storage {
         "float" => Storage::Float4,
         "json" => Storage::Json,
         "date" => Storage::Date,
+        "char" => Storage::Padded,
+        "varchar" => length.map_or(Storage::Plain, |n| Storage::Length(n as u32)),
         _ => Storage::Plain,
     }
 }
