@@ -181,19 +181,18 @@ pub async fn destination(job: &Job) -> Result<HashMap<String, Storage>> {
             if parts.len() < 2 {
                 parts.insert(0, String::new());
             }
-            let rows: Vec<(String, String, Option<u64>, Option<u64>, Option<u64>)> =
-                sqlx::query_as(
-                    "SELECT CAST(COLUMN_NAME AS CHAR), CAST(DATA_TYPE AS CHAR),
+            let rows: Vec<MysqlColumn> = sqlx::query_as(
+                "SELECT CAST(COLUMN_NAME AS CHAR), CAST(DATA_TYPE AS CHAR),
                         CAST(DATETIME_PRECISION AS UNSIGNED), CAST(NUMERIC_SCALE AS UNSIGNED),
                         CAST(CHARACTER_MAXIMUM_LENGTH AS UNSIGNED)
                  FROM information_schema.COLUMNS
                  WHERE TABLE_SCHEMA = COALESCE(NULLIF(?, ''), DATABASE()) AND TABLE_NAME = ?",
-                )
-                .bind(&parts[parts.len() - 2])
-                .bind(&parts[parts.len() - 1])
-                .fetch_all(&mut conn)
-                .await
-                .map_err(catalog_error)?;
+            )
+            .bind(&parts[parts.len() - 2])
+            .bind(&parts[parts.len() - 1])
+            .fetch_all(&mut conn)
+            .await
+            .map_err(catalog_error)?;
             Ok(rows
                 .into_iter()
                 .map(|(name, kind, fraction, scale, length)| {
@@ -204,6 +203,9 @@ pub async fn destination(job: &Job) -> Result<HashMap<String, Storage>> {
         _ => Ok(HashMap::new()),
     }
 }
+
+/// A MySQL/MariaDB column: name, data type, fraction digits, decimal scale, character length.
+type MysqlColumn = (String, String, Option<u64>, Option<u64>, Option<u64>);
 
 /// A PostgreSQL column's storage from its type name and modifier.
 fn postgres(kind: &str, typmod: i32) -> Storage {
