@@ -794,3 +794,45 @@ fn changed_means_writing_would_change_what_mariadb_stores() {
         })
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_parquet_source_converges_into_postgres_and_mariadb() {
+    use datafusion::dataframe::DataFrameWriteOptions;
+    use datafusion::prelude::SessionContext;
+    let f = Folder::new();
+    let ctx = SessionContext::new();
+    let df = ctx
+        .sql(
+            "SELECT * FROM (VALUES
+               (1, CAST(10.125 AS DECIMAL(12,3)), CAST(0.1 AS DOUBLE), CAST('2024-01-01 10:00:00.123456' AS TIMESTAMP), 'ab  ', true),
+               (2, CAST(-0.005 AS DECIMAL(12,3)), CAST(1e-30 AS DOUBLE), CAST('1999-12-31 23:59:59.999999' AS TIMESTAMP), '', false),
+               (3, NULL, NULL, NULL, NULL, NULL))
+             AS t(k, amount, ratio, at, label, flag)",
+        )
+        .await
+        .unwrap();
+    df.write_parquet(
+        f.path("s.parquet").to_str().unwrap(),
+        DataFrameWriteOptions::new().with_single_file_output(true),
+        None,
+    )
+    .await
+    .unwrap();
+    let pg = postgres(
+        "from_parquet",
+        "CREATE TABLE d (k int PRIMARY KEY, amount numeric(12,2), ratio real, at timestamp(3), label varchar(2), flag bool);",
+    )
+    .await;
+    let my = mariadb(
+        "from_parquet",
+        "CREATE TABLE d (k INT PRIMARY KEY, amount DECIMAL(12,2), ratio FLOAT, at DATETIME(3), label VARCHAR(2), flag BOOLEAN);",
+    )
+    .await;
+    for url in [&pg, &my] {
+        f.write(
+            "job.toml",
+            &format!("[source]\nurl = \"s.parquet\"\n[destination]\nurl = \"{url}\"\ntable = \"d\"\n[match]\nk = \"k\"\n"),
+        );
+        assert_eq!(converge(f.dir.path()).await, Vec::<i64>::new(), "{url}");
+    }
+}

@@ -2,13 +2,7 @@
 //! options"). Text and timestamp options rewrite the compared values; tolerances change the
 //! "differs" test of queries/diff.sql. What `apply` writes is never rewritten (the `w…` column).
 
-use std::sync::Arc;
-
-use datafusion::arrow::array::{Array, ArrayRef, StringArray};
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
-use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
-};
 use datafusion::prelude::{Expr, cast, lit};
 
 use super::Mapped;
@@ -25,8 +19,19 @@ fn is_number(t: &DataType) -> bool {
 fn is_time(t: &DataType) -> bool {
     matches!(
         t,
-        DataType::Timestamp(TimeUnit::Microsecond, _) | DataType::Time64(TimeUnit::Microsecond)
+        DataType::Timestamp(TimeUnit::Microsecond | TimeUnit::Nanosecond, _)
+            | DataType::Time64(TimeUnit::Microsecond | TimeUnit::Nanosecond)
     )
+}
+
+/// How many of the type's units make a microsecond.
+fn per_micro(t: &DataType) -> i64 {
+    match t {
+        DataType::Timestamp(TimeUnit::Nanosecond, _) | DataType::Time64(TimeUnit::Nanosecond) => {
+            1_000
+        }
+        _ => 1,
+    }
 }
 
 /// Why these options do not fit a pair compared as `common`; `None` when they do.
@@ -55,7 +60,7 @@ pub fn compared(mut value: Expr, options: &CompareOptions, common: &DataType) ->
     use datafusion::functions::string::expr_fn::btrim;
     if is_text(common) {
         if options.nfc {
-            value = ScalarUDF::from(Nfc::new()).call(vec![value]);
+            value = super::stored::TextMap::udf("recon_nfc", nfc).call(vec![value]);
         }
         if options.trim {
             value = btrim(vec![value, lit(" \t\r\n\u{000B}\u{000C}\u{00A0}")]);
@@ -64,12 +69,13 @@ pub fn compared(mut value: Expr, options: &CompareOptions, common: &DataType) ->
             value = datafusion::functions::string::expr_fn::lower(value);
         }
     }
-    if let Some(step) = options.precision
+    if let Some(micros) = options.precision
         && is_time(common)
     {
+        let step = micros.saturating_mul(per_micro(common));
         // Truncated toward the past: 10:00:00.999 at "1s" is 10:00:00 (also before 1970).
-        let micros = cast(value, DataType::Int64);
-        let floor = micros.clone() - ((micros % lit(step)) + lit(step)) % lit(step);
+        let units = cast(value, DataType::Int64);
+        let floor = units.clone() - ((units % lit(step)) + lit(step)) % lit(step);
         value = cast(floor, common.clone());
     }
     value
@@ -111,44 +117,8 @@ pub fn differs(left: &str, i: usize, m: &Mapped) -> String {
     )
 }
 
-/// `recon_nfc(text)`: Unicode normal form C.
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct Nfc {
-    signature: Signature,
-}
-
-impl Nfc {
-    fn new() -> Nfc {
-        Nfc {
-            signature: Signature::exact(vec![DataType::Utf8], Volatility::Immutable),
-        }
-    }
-}
-
-impl ScalarUDFImpl for Nfc {
-    fn name(&self) -> &str {
-        "recon_nfc"
-    }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
-        Ok(DataType::Utf8)
-    }
-    fn invoke_with_args(
-        &self,
-        args: ScalarFunctionArgs,
-    ) -> datafusion::error::Result<ColumnarValue> {
-        use unicode_normalization::UnicodeNormalization;
-        let values = args.args[0].clone().into_array(args.number_rows)?;
-        let values = values
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or_else(|| datafusion::error::DataFusionError::Internal("not text".into()))?;
-        let out: StringArray = values
-            .iter()
-            .map(|v| v.map(|s| s.nfc().collect::<String>()))
-            .collect();
-        Ok(ColumnarValue::Array(Arc::new(out) as ArrayRef))
-    }
+/// Unicode normal form C.
+fn nfc(text: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    text.nfc().collect()
 }

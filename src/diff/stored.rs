@@ -80,11 +80,11 @@ impl Storage {
             (Storage::Scale(s), Float64) => {
                 ScalarUDF::from(RoundFloat::new()).call(vec![value, lit(s as i64)])
             }
-            (Storage::Fraction { digits, round }, Timestamp(TimeUnit::Microsecond, _))
-            | (Storage::Fraction { digits, round }, Time64(TimeUnit::Microsecond))
-                if digits < 6 =>
+            (Storage::Fraction { digits, round }, Timestamp(unit, _) | Time64(unit))
+                if digits < 6 && matches!(unit, TimeUnit::Microsecond | TimeUnit::Nanosecond) =>
             {
-                let step = 10i64.pow(6 - digits as u32);
+                let places = if *unit == TimeUnit::Nanosecond { 9 } else { 6 };
+                let step = 10i64.pow(places - digits as u32);
                 let micros = cast(value, Int64);
                 let rounded = if round {
                     // Half away from zero, as PostgreSQL rounds fraction digits.
@@ -131,7 +131,7 @@ impl Storage {
 /// JSON text in a canonical form (object keys sorted, no spacing), so that `json` and `jsonb`
 /// values compare as parsed values. Text that is not JSON is compared as it is.
 pub fn json(value: Expr) -> Expr {
-    ScalarUDF::from(CanonicalJson::new()).call(vec![value])
+    TextMap::udf("recon_json", canonical_json).call(vec![value])
 }
 
 /// The storage of each destination column of a table destination, by column name.
@@ -315,23 +315,43 @@ pub fn round_float(x: f64, scale: u32) -> f64 {
     }
 }
 
-/// `recon_json(text)`: JSON text with object keys sorted and no spacing.
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct CanonicalJson {
+/// A scalar function of one text argument that maps each value through `map` (NULL stays NULL):
+/// `recon_json` (canonical JSON) and `recon_nfc` (src/diff/options.rs).
+#[derive(Debug)]
+pub struct TextMap {
+    name: &'static str,
+    map: fn(&str) -> String,
     signature: Signature,
 }
 
-impl CanonicalJson {
-    fn new() -> CanonicalJson {
-        CanonicalJson {
+impl TextMap {
+    pub fn udf(name: &'static str, map: fn(&str) -> String) -> ScalarUDF {
+        ScalarUDF::from(TextMap {
+            name,
+            map,
             signature: Signature::exact(vec![DataType::Utf8], Volatility::Immutable),
-        }
+        })
     }
 }
 
-impl ScalarUDFImpl for CanonicalJson {
+// A function is known by its name (recon registers each name with one map).
+impl PartialEq for TextMap {
+    fn eq(&self, other: &TextMap) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for TextMap {}
+
+impl std::hash::Hash for TextMap {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for TextMap {
     fn name(&self) -> &str {
-        "recon_json"
+        self.name
     }
     fn signature(&self) -> &Signature {
         &self.signature
@@ -348,7 +368,7 @@ impl ScalarUDFImpl for CanonicalJson {
             .as_any()
             .downcast_ref::<StringArray>()
             .ok_or_else(|| datafusion::error::DataFusionError::Internal("not text".into()))?;
-        let out: StringArray = values.iter().map(|v| v.map(canonical_json)).collect();
+        let out: StringArray = values.iter().map(|v| v.map(self.map)).collect();
         Ok(ColumnarValue::Array(Arc::new(out) as ArrayRef))
     }
 }
