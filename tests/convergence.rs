@@ -166,15 +166,16 @@ async fn char_padding_decimal_floats_and_text_dates_compare_as_stored() {
 async fn mariadb_datetime_decimal_and_float_columns_converge() {
     let pg = postgres(
         "to_mariadb",
-        "CREATE TABLE s (k int, at timestamp, at3 timestamp, amount numeric, ratio float8);
-         INSERT INTO s VALUES (1, '2024-01-01 10:00:00.999999', '2024-01-01 10:00:00.123456', 0.1235, 0.1),
-                              (2, '1999-12-31 23:59:59.5', '1999-12-31 23:59:59.9996', -2.0005, 1e-30),
-                              (3, NULL, NULL, NULL, NULL);",
+        "CREATE TABLE s (k int, at timestamp, at3 timestamp, amount numeric, ratio float8, doc jsonb, code text);
+         INSERT INTO s VALUES (1, '2024-01-01 10:00:00.999999', '2024-01-01 10:00:00.123456', 0.1235, 0.1, '{\"b\": 1, \"a\": [2, 3]}', 'Ab'),
+                              (2, '1999-12-31 23:59:59.5', '1999-12-31 23:59:59.9996', -2.0005, 1e-30, '[]', 'é'),
+                              (3, NULL, NULL, NULL, NULL, NULL, NULL);",
     )
     .await;
     let my = mariadb(
         "from_pg",
-        "CREATE TABLE d (k INT PRIMARY KEY, at DATETIME, at3 DATETIME(3), amount DECIMAL(6,3), ratio FLOAT);",
+        "CREATE TABLE d (k INT PRIMARY KEY, at DATETIME, at3 DATETIME(3), amount DECIMAL(6,3), ratio FLOAT,
+                         doc JSON, code VARCHAR(10) COLLATE utf8mb4_bin);",
     )
     .await;
     let f = Folder::new();
@@ -185,6 +186,22 @@ async fn mariadb_datetime_decimal_and_float_columns_converge() {
     let (code, doc, out) = run(f.dir.path(), "plan");
     assert_eq!(code, 0, "{out}");
     assert_eq!(counts(&doc), (0, 0, 0), "{doc}");
+    // JSON compares as parsed values; a `utf8mb4_bin` column is text, compared by bytes.
+    {
+        use sqlx::{Connection, Executor};
+        let mut conn = sqlx::MySqlConnection::connect(&my).await.unwrap();
+        conn.execute("UPDATE d SET doc = '{ \"a\" : [2,3],  \"b\" : 1 }', code = 'ab' WHERE k = 1")
+            .await
+            .unwrap();
+    }
+    let (_, doc, _) = run(f.dir.path(), "plan");
+    assert_eq!(counts(&doc), (0, 1, 0), "{doc}");
+    let changed: Vec<&String> = doc["changes"][0]["changed"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(changed, ["code"], "{doc}");
 }
 
 #[tokio::test]

@@ -114,12 +114,24 @@ pub async fn snapshot(
         .iter()
         .map(|c| c.name().to_string())
         .collect();
+    // Text under a binary collation (`utf8mb4_bin`, and MariaDB's JSON, a LONGTEXT) carries the
+    // BINARY flag, so the driver calls it a BLOB; the table's catalog says it is text.
+    let text_columns = match &endpoint.relation {
+        crate::config::Relation::Table(table) => character_columns(&mut conn, table)
+            .await
+            .map_err(|e| read_error(side, format!("reading the column types of `{table}`"), e))?,
+        _ => Default::default(),
+    };
     let mut kinds = Vec::new();
     for c in described.columns() {
         let name = c.type_info().name();
-        kinds.push(kind(name).ok_or_else(|| {
+        let found = kind(name).ok_or_else(|| {
             read_error(side, format!("column `{}` has type {name}, which recon does not read; select `CAST({} AS CHAR)` in a `query`", c.name(), c.name()), "unsupported type")
-        })?);
+        })?;
+        kinds.push(match found {
+            Kind::Binary if text_columns.contains(c.name()) => Kind::Text,
+            other => other,
+        });
     }
     let mut query = sqlx::query(AssertSqlSafe(select.clone()));
     for value in params {
@@ -142,6 +154,27 @@ pub async fn snapshot(
         out,
     )
     .await
+}
+
+/// The columns of `table` that hold characters (a character set other than `binary`).
+async fn character_columns(
+    conn: &mut MySqlConnection,
+    table: &str,
+) -> std::result::Result<std::collections::HashSet<String>, sqlx::Error> {
+    let mut parts = crate::sql::split_qualified(table);
+    if parts.len() < 2 {
+        parts.insert(0, String::new());
+    }
+    sqlx::query_scalar::<_, String>(
+        "SELECT CAST(COLUMN_NAME AS CHAR) FROM information_schema.COLUMNS
+         WHERE TABLE_SCHEMA = COALESCE(NULLIF(?, ''), DATABASE()) AND TABLE_NAME = ?
+           AND CHARACTER_SET_NAME IS NOT NULL AND CHARACTER_SET_NAME <> 'binary'",
+    )
+    .bind(&parts[parts.len() - 2])
+    .bind(&parts[parts.len() - 1])
+    .fetch_all(conn)
+    .await
+    .map(|names| names.into_iter().collect())
 }
 
 fn to_batch(

@@ -193,10 +193,25 @@ pub async fn destination(job: &Job) -> Result<HashMap<String, Storage>> {
             .fetch_all(&mut conn)
             .await
             .map_err(catalog_error)?;
+            // MariaDB's JSON is a LONGTEXT with a `json_valid` check.
+            let json: Vec<String> = sqlx::query_scalar(
+                "SELECT CAST(CHECK_CLAUSE AS CHAR) FROM information_schema.CHECK_CONSTRAINTS
+                 WHERE CONSTRAINT_SCHEMA = COALESCE(NULLIF(?, ''), DATABASE()) AND TABLE_NAME = ?",
+            )
+            .bind(&parts[parts.len() - 2])
+            .bind(&parts[parts.len() - 1])
+            .fetch_all(&mut conn)
+            .await
+            .unwrap_or_default();
             Ok(rows
                 .into_iter()
                 .map(|(name, kind, fraction, scale, length)| {
-                    (name, mysql(&kind, fraction, scale, length))
+                    let checked = format!("json_valid(`{}`)", name.replace('`', "``"));
+                    let storage = match json.iter().any(|c| c.contains(&checked)) {
+                        true => Storage::Json,
+                        false => mysql(&kind, fraction, scale, length),
+                    };
+                    (name, storage)
                 })
                 .collect())
         }
