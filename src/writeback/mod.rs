@@ -212,7 +212,7 @@ impl Writer {
     /// Why the destination cannot hold this row as the source has it, before anything is sent.
     fn unstorable(&self, target: &Target, op: &Op<'_>, change: &Change) -> Option<String> {
         match self {
-            Writer::Postgres(_) => None,
+            Writer::Postgres(w) => w.unstorable(target, op, change),
             Writer::Mysql(_) => mysql::unstorable(target, op, change),
             Writer::Sqlite(w) => w.unstorable(target, op, change),
         }

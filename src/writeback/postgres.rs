@@ -156,6 +156,31 @@ impl Writer {
         self.lookup.relation == self.table
     }
 
+    /// Why this row cannot be written as the source has it: a NaN or infinite float into a
+    /// `numeric` column, which PostgreSQL would store but recon could not read back exactly
+    /// (every later plan would stop at it).
+    pub fn unstorable(&self, target: &Target, op: &Op<'_>, change: &Change) -> Option<String> {
+        let types = self
+            .key_types
+            .iter()
+            .chain(op.written().iter().map(|i| &self.compared_types[*i]));
+        let columns = target
+            .keys
+            .iter()
+            .chain(op.written().iter().map(|i| &target.compared[*i]));
+        for ((cell, kind), column) in op.cells(change).zip(types).zip(columns) {
+            if let Cell::Float(f) = cell
+                && !f.is_finite()
+                && kind.starts_with("numeric")
+            {
+                return Some(format!(
+                    "{f} into `{column}` (numeric): PostgreSQL would store it, but no exact number stands for it, so recon refuses to write it; filter it in the source `query` or use a float column"
+                ));
+            }
+        }
+        None
+    }
+
     /// `WITH recon_batch AS (SELECT u.k0::bigint AS k0, … FROM unnest($1::text[], …) AS u(k0, …))`
     /// for the key columns and the compared columns `written`.
     fn batch(&self, written: &[usize]) -> String {
