@@ -17,6 +17,11 @@ FROM (
     SELECT count(*) AS rows, count(*) FILTER (WHERE {{any_key_null}}) AS null_keys FROM {{side}}
 ) AS c
 
+-- name: rows
+-- Output: rows. Used instead of `counts` when the side's own catalog proves its key unique and
+-- never NULL (a PostgreSQL unique index on NOT NULL key columns, compared without a lossy cast).
+SELECT count(*) AS rows, 0 AS null_keys, 0 AS duplicate_keys FROM {{side}}
+
 -- name: null_sample
 -- Output: up to five rows whose key has a NULL.
 SELECT {{keys}} FROM {{side}} WHERE {{any_key_null}} LIMIT 5

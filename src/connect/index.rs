@@ -74,3 +74,37 @@ pub async fn missing_index_note(job: &Job) -> Result<Option<String>> {
         )
     }))
 }
+
+/// Whether the side's own catalog proves its key columns unique and never NULL: a PostgreSQL
+/// table (read whole, or a window of it) with a valid, non-partial unique index on key columns
+/// only, each `NOT NULL`. Then the key checks have nothing to find. Any doubt (another kind of
+/// side, a `query`, an error) answers `false`, and the checks run.
+pub async fn key_proven_unique(endpoint: &crate::config::Endpoint, columns: &[String]) -> bool {
+    let (Location::Postgres(url), Relation::Table(table)) =
+        (&endpoint.location, &endpoint.relation)
+    else {
+        return false;
+    };
+    let Ok(mut conn) = super::postgres::connect(endpoint, url).await else {
+        return false;
+    };
+    sqlx::query_scalar::<_, bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_index i
+           WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indisvalid
+             AND i.indpred IS NULL AND i.indexprs IS NULL
+             AND NOT EXISTS (SELECT 1 FROM generate_series(0, i.indnkeyatts - 1) n
+               LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[n]
+               WHERE a.attname IS NULL OR NOT (a.attname = ANY($2))))
+         AND (SELECT count(*) FROM pg_attribute a
+              WHERE a.attrelid = to_regclass($1) AND a.attname = ANY($2) AND a.attnotnull
+                AND NOT a.attisdropped) = cardinality($2)",
+    )
+    .bind(crate::sql::quote_table(
+        crate::sql::Dialect::Standard,
+        table,
+    ))
+    .bind(columns)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap_or(false)
+}

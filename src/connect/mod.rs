@@ -17,7 +17,7 @@ pub async fn pg_connect(
     postgres::connect(endpoint, url).await
 }
 
-pub use index::missing_index_note;
+pub use index::{key_proven_unique, missing_index_note};
 pub use postgres::pg_options;
 mod sqlite;
 
