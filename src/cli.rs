@@ -34,7 +34,7 @@ pub struct Cli {
     pub no_progress: bool,
 
     /// Memory budget for this run (e.g. 512MB, 2GB); beyond it, sorts and joins spill to disk.
-    /// Overrides `[engine] memory_limit`; default: a quarter of the machine's memory, 256 MB to 2 GB
+    /// Overrides `[engine] memory_limit`; default: a quarter of the machine's memory, 256 MB to 1 GB
     #[arg(long, global = true, value_name = "SIZE", value_parser = parse_size)]
     pub memory_limit: Option<u64>,
 }

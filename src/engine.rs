@@ -1,5 +1,5 @@
 //! The run's DataFusion session, in bounded memory: a memory pool of `[engine] memory_limit`
-//! (`--memory-limit`; by default a quarter of the machine's memory, between 256 MB and 2 GB) with sorts,
+//! (`--memory-limit`; by default a quarter of the machine's memory, between 256 MB and 1 GB) with sorts,
 //! aggregations and joins spilling to a private work folder under `[engine] spill_dir` (default:
 //! the system temp dir). The work folder also holds the staged snapshots (src/stage.rs). It is
 //! removed when the session ends, and folders left by a run that crashed are removed by the next.
@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 
 /// Smallest and largest default memory budget.
 const MIN_DEFAULT: u64 = 256 << 20;
-const MAX_DEFAULT: u64 = 2 << 30;
+const MAX_DEFAULT: u64 = 1 << 30;
 /// Prefix of work folders, followed by the owning process id.
 const PREFIX: &str = "recon-run-";
 
