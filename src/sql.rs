@@ -40,9 +40,17 @@ pub fn table_name(name: &str) -> String {
     split_qualified(name).pop().unwrap_or_default()
 }
 
+/// A possibly schema-qualified table name as (schema, table), the schema empty when the name
+/// has none (MySQL catalog queries then use the connection's database).
+pub fn schema_and_table(name: &str) -> (String, String) {
+    let mut parts = split_qualified(name);
+    let table = parts.pop().unwrap_or_default();
+    (parts.pop().unwrap_or_default(), table)
+}
+
 /// The parts of a possibly schema-qualified table name, unquoted (`sales."Or.ders"` →
 /// `["sales", "Or.ders"]`).
-pub fn split_qualified(name: &str) -> Vec<String> {
+fn split_qualified(name: &str) -> Vec<String> {
     let mut parts = vec![String::new()];
     let mut quoted: Option<char> = None;
     let mut chars = name.chars().peekable();

@@ -161,17 +161,14 @@ async fn character_columns(
     conn: &mut MySqlConnection,
     table: &str,
 ) -> std::result::Result<std::collections::HashSet<String>, sqlx::Error> {
-    let mut parts = crate::sql::split_qualified(table);
-    if parts.len() < 2 {
-        parts.insert(0, String::new());
-    }
+    let (schema, table) = crate::sql::schema_and_table(table);
     sqlx::query_scalar::<_, String>(
         "SELECT CAST(COLUMN_NAME AS CHAR) FROM information_schema.COLUMNS
          WHERE TABLE_SCHEMA = COALESCE(NULLIF(?, ''), DATABASE()) AND TABLE_NAME = ?
            AND CHARACTER_SET_NAME IS NOT NULL AND CHARACTER_SET_NAME <> 'binary'",
     )
-    .bind(&parts[parts.len() - 2])
-    .bind(&parts[parts.len() - 1])
+    .bind(schema)
+    .bind(table)
     .fetch_all(conn)
     .await
     .map(|names| names.into_iter().collect())

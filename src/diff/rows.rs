@@ -200,10 +200,11 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// As [`json_value`].
+    /// The value at `row` as JSON (see [`json_value`]).
     fn json(&self, row: usize) -> Value {
         use datafusion::arrow::datatypes::*;
         let array = self.array;
+        // A NullArray has no validity buffer: `is_null` says false, so test the type too.
         if array.is_null(row) || array.data_type() == &DataType::Null {
             return Value::Null;
         }
@@ -282,43 +283,11 @@ fn column(batch: &RecordBatch, name: &str) -> Result<ArrayRef> {
 }
 
 /// One cell as JSON: numbers stay numbers, decimals become exact strings, the rest is rendered by
-/// Arrow's display (ISO-8601 for dates and timestamps).
+/// Arrow's display (ISO-8601 for dates and timestamps). For many values of one column, a
+/// [`Reader`] builds the display formatter once.
 pub fn json_value(array: &ArrayRef, row: usize) -> Value {
-    use DataType::*;
-    // A NullArray has no validity buffer: `is_null` says false, so test the type too.
-    if array.is_null(row) || array.data_type() == &Null {
-        return Value::Null;
-    }
-    if let Some(text) = far_temporal(array, row) {
-        return Value::String(text);
-    }
-    let number =
-        |v: f64| Number::from_f64(v).map_or_else(|| Value::String(v.to_string()), Value::Number);
-    match array.data_type() {
-        Boolean => Value::Bool(array.as_boolean().value(row)),
-        Int64 => Value::from(
-            array
-                .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
-                .value(row),
-        ),
-        Int32 | Int16 | Int8 | UInt8 | UInt16 | UInt32 | UInt64 => {
-            match cast(&array.slice(row, 1), &Int64) {
-                Ok(a) if a.is_valid(0) => json_value(&a, 0),
-                _ => display_value(array, row),
-            }
-        }
-        Float64 => number(
-            array
-                .as_primitive::<datafusion::arrow::datatypes::Float64Type>()
-                .value(row),
-        ),
-        Float32 => number(
-            array
-                .as_primitive::<datafusion::arrow::datatypes::Float32Type>()
-                .value(row) as f64,
-        ),
-        _ => display_value(array, row),
-    }
+    let options = FormatOptions::default();
+    Reader::new(array, &options).json(row)
 }
 
 /// ±infinity and years chrono cannot hold, as text (src/temporal.rs); `None` for ordinary values.
@@ -345,12 +314,10 @@ fn far_temporal(array: &ArrayRef, row: usize) -> Option<String> {
     }
 }
 
-fn display_value(array: &ArrayRef, row: usize) -> Value {
+/// One value as Arrow displays it.
+fn display_text(array: &ArrayRef, row: usize) -> String {
     let options = FormatOptions::default();
-    match ArrayFormatter::try_new(array.as_ref(), &options) {
-        Ok(f) => Value::String(f.value(row).to_string()),
-        Err(_) => Value::String(format!("<{}>", array.data_type())),
-    }
+    Reader::new(array, &options).display(row)
 }
 
 /// One cell as a typed value for writeback.
@@ -378,7 +345,7 @@ pub fn cell(array: &ArrayRef, row: usize) -> Cell {
             )
         }),
         UInt64 | Decimal32(..) | Decimal64(..) | Decimal128(..) | Decimal256(..) => {
-            Cell::Decimal(crate::changeset::display(&display_value(array, row)))
+            Cell::Decimal(display_text(array, row))
         }
         Utf8 | LargeUtf8 | Utf8View => as_type(Utf8).map_or(Cell::Null, |a| {
             Cell::Text(a.as_string::<i32>().value(0).to_string())
@@ -416,7 +383,7 @@ pub fn cell(array: &ArrayRef, row: usize) -> Cell {
                 timestamp_cell(us, zone.is_some())
             })
         }
-        _ => Cell::Text(crate::changeset::display(&display_value(array, row))),
+        _ => Cell::Text(display_text(array, row)),
     }
 }
 

@@ -177,10 +177,7 @@ pub async fn destination(job: &Job) -> Result<HashMap<String, Storage>> {
                 url: job.destination.location.display(),
                 source: e,
             })?;
-            let mut parts = crate::sql::split_qualified(table);
-            if parts.len() < 2 {
-                parts.insert(0, String::new());
-            }
+            let (schema, name) = crate::sql::schema_and_table(table);
             let rows: Vec<MysqlColumn> = sqlx::query_as(
                 "SELECT CAST(COLUMN_NAME AS CHAR), CAST(DATA_TYPE AS CHAR),
                         CAST(DATETIME_PRECISION AS UNSIGNED), CAST(NUMERIC_SCALE AS UNSIGNED),
@@ -188,8 +185,8 @@ pub async fn destination(job: &Job) -> Result<HashMap<String, Storage>> {
                  FROM information_schema.COLUMNS
                  WHERE TABLE_SCHEMA = COALESCE(NULLIF(?, ''), DATABASE()) AND TABLE_NAME = ?",
             )
-            .bind(&parts[parts.len() - 2])
-            .bind(&parts[parts.len() - 1])
+            .bind(&schema)
+            .bind(&name)
             .fetch_all(&mut conn)
             .await
             .map_err(catalog_error)?;
@@ -198,8 +195,8 @@ pub async fn destination(job: &Job) -> Result<HashMap<String, Storage>> {
                 "SELECT CAST(CHECK_CLAUSE AS CHAR) FROM information_schema.CHECK_CONSTRAINTS
                  WHERE CONSTRAINT_SCHEMA = COALESCE(NULLIF(?, ''), DATABASE()) AND TABLE_NAME = ?",
             )
-            .bind(&parts[parts.len() - 2])
-            .bind(&parts[parts.len() - 1])
+            .bind(&schema)
+            .bind(&name)
             .fetch_all(&mut conn)
             .await
             .unwrap_or_default();

@@ -111,7 +111,7 @@ impl Writer {
             let forget = format!(
                 "DELETE m FROM {KEYMAP} AS m JOIN ({}) AS w ON {}",
                 rows(target, op, false),
-                staged_matches(target, "m")
+                staged_matches(target, "m", "w")
             );
             let mut query = sqlx::query(AssertSqlSafe(forget));
             for change in op.rows {
@@ -173,7 +173,11 @@ async fn single_matches(
     }
     let derived = rows(target, op, true);
     let (relation, on, first) = if keymap {
-        (KEYMAP.to_string(), staged_matches(target, "d"), "k0".into())
+        (
+            KEYMAP.to_string(),
+            staged_matches(target, "d", "w"),
+            "k0".into(),
+        )
     } else {
         (
             quote_table(Dialect::Mysql, &target.table),
@@ -235,10 +239,10 @@ fn rows(target: &Target, op: &Op<'_>, numbered: bool) -> String {
     text
 }
 
-/// `m.k0 = w.k0 AND …`: the key map's keys against the staged ones.
-fn staged_matches(target: &Target, alias: &str) -> String {
+/// `m.k0 = w.k0 AND …`: the key map's keys (`alias`) against the staged ones (`staged`).
+fn staged_matches(target: &Target, alias: &str, staged: &str) -> String {
     let parts: Vec<String> = (0..target.keys.len())
-        .map(|i| format!("{alias}.k{i} = w.k{i}"))
+        .map(|i| format!("{alias}.k{i} = {staged}.k{i}"))
         .collect();
     parts.join(" AND ")
 }
@@ -275,14 +279,14 @@ fn statement(target: &Target, op: &Op<'_>, primary: Option<&[String]>) -> String
     let found = format!(
         "(SELECT {}, s.* FROM ({rows}) AS s JOIN {KEYMAP} AS m ON {}) AS w ON {}",
         picked.join(", "),
-        staged_matches(target, "m").replace("w.", "s."),
+        staged_matches(target, "m", "s"),
         by_primary.join(" AND ")
     );
     match op.action {
         Action::Insert => format!(
             "INSERT INTO {table} ({}) SELECT w.* FROM ({rows}) AS w WHERE NOT EXISTS (SELECT 1 FROM {KEYMAP} AS m WHERE {})",
             op.destination_names(target, q).join(", "),
-            staged_matches(target, "m")
+            staged_matches(target, "m", "w")
         ),
         Action::Update => format!(
             "UPDATE {table} AS d JOIN {found} SET {}",
@@ -300,11 +304,7 @@ async fn key_map_columns(
     target: &Target,
 ) -> std::result::Result<Option<(Vec<String>, Vec<bool>)>, sqlx::Error> {
     // `db.table` names its database; a bare name is in the connection's.
-    let mut parts = crate::sql::split_qualified(&target.table);
-    if parts.len() < 2 {
-        parts.insert(0, String::new());
-    }
-    let (schema, table) = (&parts[parts.len() - 2], &parts[parts.len() - 1]);
+    let (schema, table) = &crate::sql::schema_and_table(&target.table);
     let indexed: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM information_schema.STATISTICS
            WHERE TABLE_SCHEMA = COALESCE(NULLIF(?, ''), DATABASE()) AND TABLE_NAME = ?
