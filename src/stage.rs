@@ -55,7 +55,12 @@ fn io(column: &str, e: impl std::fmt::Display) -> ColumnError {
 impl Stager {
     /// A stager writing under `work/<side>/` (created empty).
     pub fn new(work: &Path, side: Side) -> std::io::Result<Stager> {
-        let dir = work.join(side.name());
+        Stager::in_dir(&work.join(side.name()))
+    }
+
+    /// A stager writing under `dir` (created empty).
+    pub fn in_dir(dir: &Path) -> std::io::Result<Stager> {
+        let dir = dir.to_path_buf();
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         Ok(Stager {

@@ -102,6 +102,60 @@ async fn plan_and_apply_under_a_small_memory_limit_give_exact_counts() {
     assert_plan_empty(f.dir.path(), "job.toml");
 }
 
+#[tokio::test]
+async fn duplicate_and_null_keys_are_counted_across_passes() {
+    // The source split into buckets under an 8 MB budget: each duplicated key is counted once,
+    // in the one bucket its copies share, and the NULL keys with them.
+    let setup = format!(
+        "{}
+         INSERT INTO s SELECT k, name, price, qty FROM s WHERE k % 1000 = 3;
+         INSERT INTO s SELECT k, name, price, qty FROM s WHERE k = 3;
+         INSERT INTO s SELECT NULL, name, price, qty FROM s WHERE k % 20000 = 5;",
+        drift(200_000)
+    );
+    let url = postgres("passes_keys", &setup).await;
+    let duplicated = pg_count(
+        &url,
+        "SELECT count(*) FROM (SELECT k FROM s WHERE k IS NOT NULL GROUP BY k HAVING count(*) > 1) x",
+    )
+    .await;
+    assert_eq!(duplicated, 200);
+    let f = Folder::new();
+    f.write("job.toml", &job(&url));
+    let (code, _, err) = recon(
+        &["plan", "job.toml", "--memory-limit", "8MB", "-v"],
+        f.dir.path(),
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("diffing in passes"), "{err}");
+    // NULL keys are reported first; the duplicates once they are gone.
+    assert!(
+        err.contains("10 rows") || err.contains("10 source rows"),
+        "{err}"
+    );
+    let f2 = Folder::new();
+    let url2 = postgres(
+        "passes_dups",
+        &format!(
+            "{}
+         INSERT INTO s SELECT k, name, price, qty FROM s WHERE k % 1000 = 3;
+         INSERT INTO s SELECT k, name, price, qty FROM s WHERE k = 3;",
+            drift(200_000)
+        ),
+    )
+    .await;
+    f2.write("job.toml", &job(&url2));
+    let (code, _, err) = recon(
+        &["plan", "job.toml", "--memory-limit", "8MB"],
+        f2.dir.path(),
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("200"), "{err}");
+    // The most copied key comes first in the sample, whichever pass found it (k = 3: the row,
+    // its copy, and both copied again).
+    assert!(err.contains("sample: k=3 (4 rows); "), "{err}");
+}
+
 /// Sequential scans of a table so far, as PostgreSQL's statistics count them (each read of a
 /// side is one `COPY (SELECT …)`, one scan).
 async fn scans(url: &str, table: &str) -> i64 {

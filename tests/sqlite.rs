@@ -224,7 +224,7 @@ async fn duplicate_keys_are_refused_with_a_sample() {
             ..
         } => {
             assert_eq!((*side, *count), (Side::Destination, 2));
-            assert_eq!(sample[0], "k=b, (3 rows)");
+            assert_eq!(sample[0], "k=b (3 rows)");
             assert_eq!(sample.len(), 2);
         }
         other => panic!("expected duplicate keys, got {other:?}"),

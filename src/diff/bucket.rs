@@ -2,19 +2,26 @@
 //! diff run once per *bucket* — the rows whose key hashes to that bucket, on both sides — so a
 //! pass holds only its share of the smaller side in the join's hash table. Equal keys always land
 //! in the same bucket (the key is hashed in its compared type), so duplicates, NULL keys, inserts,
-//! updates and deletes are each found in exactly one pass. Every pass re-reads the staged files
-//! (local, fast); the remote sides were read once.
+//! updates and deletes are each found in exactly one pass. Each side is split into its buckets
+//! once, in one read of its snapshot (staged files, or the user's file), into Arrow IPC files in
+//! the work folder; a pass reads only its bucket's files. (Filtering the whole snapshot in every
+//! pass read and hashed each row once per pass: at 10M rows in 5 passes, two fifths of the diff.)
 
-use std::hash::BuildHasherDefault;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Int64Array};
+use datafusion::arrow::array::{ArrayRef, AsArray, Int64Array, UInt32Array};
+use datafusion::arrow::compute::BatchCoalescer;
 use datafusion::arrow::datatypes::DataType;
-use datafusion::common::hash_utils::create_hashes_with_hasher;
+use datafusion::arrow::datatypes::Int64Type;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::hash_utils::{RandomState, create_hashes};
 use datafusion::error::Result;
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
+use datafusion::prelude::{Expr, SessionContext, ident, lit};
+use futures::StreamExt;
 
 /// `recon_bucket(n, k0, k1, …)`: the bucket (0..n) of a key, stable across runs and sides.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -23,6 +30,10 @@ pub struct Bucket {
 }
 
 pub const NAME: &str = "recon_bucket";
+
+/// The bucket hash: DataFusion's fast fixed-seed hash (SipHash took a sixth of a 10M-row plan),
+/// seeded apart from the join's own hash so that a bucket's keys still spread over its table.
+const HASH_STATE: RandomState = RandomState::with_seed(0x7265_636f_6e5f_6275);
 
 impl Bucket {
     pub fn udf() -> ScalarUDF {
@@ -61,11 +72,86 @@ impl ScalarUDFImpl for Bucket {
             .downcast_ref::<Int64Array>()
             .map_or(1, |a| a.value(0).max(1)) as u64;
         let mut hashes = vec![0u64; rows];
-        let hasher = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
-        create_hashes_with_hasher(keys, &hasher, &mut hashes)?;
+        create_hashes(keys, &HASH_STATE, &mut hashes)?;
         let buckets: Int64Array = hashes.iter().map(|h| (h % n) as i64).collect();
         Ok(ColumnarValue::Array(Arc::new(buckets)))
     }
+}
+
+/// The column holding each row's bucket while a side is split.
+const COLUMN: &str = "__recon_bucket";
+
+/// Split the registered side `table` into `passes` buckets by `keys` (its key columns as compared):
+/// bucket `p`'s rows go to Arrow IPC files under `dir/p/`. Returns the folders, by bucket.
+pub async fn split(
+    ctx: &SessionContext,
+    table: &str,
+    keys: Vec<Expr>,
+    passes: u64,
+    dir: &Path,
+) -> crate::error::Result<Vec<PathBuf>> {
+    use crate::error::Error;
+    let frame = ctx.table(table).await?;
+    let schema = Arc::new(frame.schema().as_arrow().clone());
+    let mut exprs: Vec<Expr> = schema.fields().iter().map(|f| ident(f.name())).collect();
+    let mut args = vec![lit(passes as i64)];
+    args.extend(keys);
+    exprs.push(Bucket::udf().call(args).alias(COLUMN));
+    let mut stream = frame.select(exprs)?.execute_stream().await?;
+    let stage_error = |e: crate::snapshot::ColumnError| {
+        Error::Internal(format!(
+            "splitting the {table} snapshot into buckets: {}",
+            e.message
+        ))
+    };
+    let mut buckets = Vec::with_capacity(passes as usize);
+    let mut folders = Vec::with_capacity(passes as usize);
+    // Rows are gathered per bucket into batches of a useful size before they are written; the
+    // rows waiting stay near one staged segment's worth whatever the number of buckets.
+    let target = (131_072 / passes as usize).clamp(1024, 8192);
+    for p in 0..passes {
+        let folder = dir.join(p.to_string());
+        let mut stager = crate::stage::Stager::in_dir(&folder).map_err(|source| Error::Io {
+            path: folder.clone(),
+            source,
+        })?;
+        stager
+            .push(RecordBatch::new_empty(schema.clone()))
+            .map_err(stage_error)?;
+        buckets.push((stager, BatchCoalescer::new(schema.clone(), target)));
+        folders.push(folder);
+    }
+    let mut indices: Vec<Vec<u32>> = vec![Vec::new(); passes as usize];
+    while let Some(batch) = stream.next().await {
+        let mut batch = batch?;
+        let Some(column) = batch.column_by_name(COLUMN).cloned() else {
+            continue;
+        };
+        batch.remove_column(batch.num_columns() - 1);
+        let column = column.as_primitive::<Int64Type>();
+        for (row, p) in column.values().iter().enumerate() {
+            indices[*p as usize].push(row as u32);
+        }
+        for (p, rows) in indices.iter_mut().enumerate() {
+            if rows.is_empty() {
+                continue;
+            }
+            let (stager, coalescer) = &mut buckets[p];
+            let taken = UInt32Array::from(std::mem::take(rows));
+            coalescer.push_batch_with_indices(batch.clone(), &taken)?;
+            while let Some(done) = coalescer.next_completed_batch() {
+                stager.push(done).map_err(stage_error)?;
+            }
+        }
+    }
+    for (mut stager, mut coalescer) in buckets {
+        coalescer.finish_buffered_batch()?;
+        while let Some(done) = coalescer.next_completed_batch() {
+            stager.push(done).map_err(stage_error)?;
+        }
+        stager.finish().map_err(stage_error)?;
+    }
+    Ok(folders)
 }
 
 /// How many passes the diff needs so that a pass's share of the smaller side (`bytes`, as

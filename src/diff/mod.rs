@@ -131,9 +131,16 @@ pub async fn changeset_with(
         let names = resolved.key_names();
         checks[1].proven = crate::connect::key_proven_unique(&job.destination, &names).await;
     }
+    let buckets = match passes > 1 {
+        true => Some(split_sides(ctx, &resolved, passes).await?),
+        false => None,
+    };
     let mut cursor_max: Option<crate::changeset::Cell> = None;
     for pass in 0..passes {
-        select_pass(ctx, &resolved, pass, passes).await?;
+        let folders = buckets
+            .as_ref()
+            .map(|[s, d]| [&s[pass as usize], &d[pass as usize]]);
+        select_pass(ctx, &resolved, folders).await?;
         let started = std::time::Instant::now();
         let source_keys: Vec<String> = resolved.keys.iter().map(|m| m.source.clone()).collect();
         checks[0].run(ctx, &source_keys).await?;
@@ -223,24 +230,57 @@ pub async fn changeset_with(
     })
 }
 
-/// Register `s` and `d` as this pass's rows of the full views `s_all` and `d_all`.
+/// Split both sides into `passes` buckets (src/diff/bucket.rs), side by side; the folders of
+/// each side's buckets, source first. The staged snapshots are removed once split.
+async fn split_sides(
+    ctx: &SessionContext,
+    resolved: &Resolved,
+    passes: u64,
+) -> Result<[Vec<std::path::PathBuf>; 2]> {
+    let work = crate::engine::work_dir(ctx)?;
+    let split = |side: Side| {
+        let keys = resolved
+            .keys
+            .iter()
+            .map(|m| side_values(side, m).1)
+            .collect();
+        let dir = work.path().join(format!("{}-buckets", side.name()));
+        async move { bucket::split(ctx, side.name(), keys, passes, &dir).await }
+    };
+    let (source, destination) = futures::try_join!(split(Side::Source), split(Side::Destination))?;
+    for side in Side::BOTH {
+        let staged = work.path().join(side.name());
+        if staged.is_dir() {
+            let _ = std::fs::remove_dir_all(staged);
+        }
+    }
+    Ok([source, destination])
+}
+
+/// Register `s` and `d` for a pass: the full views `s_all` and `d_all`, or, when diffing in
+/// passes, the views over this pass's bucket of each side (`folders`, source first).
 async fn select_pass(
     ctx: &SessionContext,
     resolved: &Resolved,
-    pass: u64,
-    passes: u64,
+    folders: Option<[&std::path::PathBuf; 2]>,
 ) -> Result<()> {
-    for side in Side::BOTH {
-        let alias = view_alias(side);
-        let all = format!("{alias}_all");
-        let _ = ctx.deregister_table(alias)?;
-        let mut view = ctx.table(all.as_str()).await?;
-        if passes > 1 {
-            let mut args = vec![lit(passes as i64)];
-            args.extend((0..resolved.keys.len()).map(|i| ident(format!("k{i}"))));
-            let bucket = bucket::Bucket::udf().call(args);
-            view = view.filter(bucket.eq(lit(pass as i64)))?;
+    for (i, side) in Side::BOTH.into_iter().enumerate() {
+        if let Some(folders) = folders {
+            let schema = ctx.table(side.name()).await?.schema().as_arrow().clone();
+            let options = datafusion::datasource::file_format::options::ArrowReadOptions {
+                schema: Some(&schema),
+                file_extension: ".arrow",
+                ..Default::default()
+            };
+            ctx.deregister_table(side.name())?;
+            let dir = format!("{}/", folders[i].display());
+            ctx.register_arrow(side.name(), &dir, options).await?;
+            ctx.deregister_table(format!("{}_all", view_alias(side)).as_str())?;
+            register_view(ctx, side, resolved).await?;
         }
+        let alias = view_alias(side);
+        let _ = ctx.deregister_table(alias)?;
+        let view = ctx.table(format!("{alias}_all").as_str()).await?;
         ctx.register_table(alias, view.into_view())?;
     }
     Ok(())
@@ -276,6 +316,25 @@ fn is_text(t: &DataType) -> bool {
     matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
 }
 
+/// A mapped column of `side`: the value written (the source as the destination would store it:
+/// what `apply` writes, `w…`) and the value compared (`k…`/`v…`: JSON parsed on both sides, then
+/// `[compare.options]` on both sides).
+fn side_values(side: Side, m: &Mapped) -> (Expr, Expr) {
+    let (name, from) = match side {
+        Side::Source => (&m.source, &m.source_type),
+        Side::Destination => (&m.destination, &m.destination_type),
+    };
+    let mut value = cast_to(name, from, &m.common);
+    if side == Side::Source {
+        value = m.storage.apply(value, &m.common);
+    }
+    let written = value.clone();
+    if m.storage.both_sides() && is_text(&m.common) {
+        value = stored::json(value);
+    }
+    (written, options::compared(value, &m.options, &m.common))
+}
+
 /// Register `s` or `d`: the side's mapped columns renamed and cast, plus `id` and `__present`.
 async fn register_view(ctx: &SessionContext, side: Side, resolved: &Resolved) -> Result<()> {
     let pick = |m: &Mapped| match side {
@@ -285,21 +344,11 @@ async fn register_view(ctx: &SessionContext, side: Side, resolved: &Resolved) ->
     let mut exprs = Vec::new();
     for (prefix, mapped) in [("k", &resolved.keys), ("v", &resolved.compared)] {
         for (i, m) in mapped.iter().enumerate() {
-            let (name, from) = pick(m);
-            let mut value = cast_to(&name, &from, &m.common);
-            // The source as the destination would store it: what `apply` writes (`w…`).
-            if side == Side::Source {
-                value = m.storage.apply(value, &m.common);
-                if prefix == "v" {
-                    exprs.push(value.clone().alias(format!("w{i}")));
-                }
+            let (written, compared) = side_values(side, m);
+            if side == Side::Source && prefix == "v" {
+                exprs.push(written.alias(format!("w{i}")));
             }
-            // JSON parsed on both sides; `[compare.options]` on both sides.
-            if m.storage.both_sides() && is_text(&m.common) {
-                value = stored::json(value);
-            }
-            value = options::compared(value, &m.options, &m.common);
-            exprs.push(value.alias(format!("{prefix}{i}")));
+            exprs.push(compared.alias(format!("{prefix}{i}")));
         }
     }
     // The compared values as the side holds them, for display (`o0…`).
@@ -345,7 +394,8 @@ struct KeyCheck {
     nulls: u64,
     duplicates: u64,
     null_sample: Vec<String>,
-    duplicate_sample: Vec<String>,
+    /// Duplicated keys with their number of copies.
+    duplicate_sample: Vec<(u64, String)>,
     /// The side's catalog proves the key unique and never NULL: only rows are counted.
     proven: bool,
 }
@@ -395,15 +445,23 @@ impl KeyCheck {
         self.rows += count("rows");
         self.nulls += nulls;
         self.duplicates += duplicates;
-        for (found, name, sample) in [
-            (nulls, "null_sample", &mut self.null_sample),
-            (duplicates, "duplicate_sample", &mut self.duplicate_sample),
-        ] {
-            if found > 0 && sample.len() < 5 {
-                let rows = sql(ctx, &render(name)).await?.collect().await?;
-                sample.extend(sample_keys(&rows, key_columns));
-                sample.truncate(5);
-            }
+        if nulls > 0 && self.null_sample.len() < 5 {
+            let rows = sql(ctx, &render("null_sample")).await?.collect().await?;
+            self.null_sample
+                .extend(sample_keys(&rows, key_columns).into_iter().map(|(_, k)| k));
+            self.null_sample.truncate(5);
+        }
+        // The most copied keys of all passes come first.
+        if duplicates > 0 {
+            let rows = sql(ctx, &render("duplicate_sample"))
+                .await?
+                .collect()
+                .await?;
+            self.duplicate_sample
+                .extend(sample_keys(&rows, key_columns));
+            self.duplicate_sample
+                .sort_by_key(|d| std::cmp::Reverse(d.0));
+            self.duplicate_sample.truncate(5);
         }
         Ok(())
     }
@@ -423,7 +481,7 @@ impl KeyCheck {
                 side: self.side,
                 columns,
                 count: self.duplicates,
-                sample: self.duplicate_sample,
+                sample: self.duplicate_sample.into_iter().map(|(_, k)| k).collect(),
             });
         }
         Ok(())
@@ -433,11 +491,11 @@ impl KeyCheck {
 fn sample_keys(
     batches: &[datafusion::arrow::record_batch::RecordBatch],
     names: &[String],
-) -> Vec<String> {
+) -> Vec<(u64, String)> {
     let mut out = Vec::new();
     for b in batches {
         for row in 0..b.num_rows() {
-            let mut parts: Vec<String> = names
+            let key: Vec<String> = names
                 .iter()
                 .enumerate()
                 .map(|(i, n)| {
@@ -447,10 +505,15 @@ fn sample_keys(
                     )
                 })
                 .collect();
-            if let Some(copies) = b.column_by_name("copies") {
-                parts.push(format!("({} rows)", json_value(copies, row)));
+            let mut key = key.join(", ");
+            let copies = b
+                .column_by_name("copies")
+                .and_then(|c| json_value(c, row).as_u64())
+                .unwrap_or(0);
+            if copies > 0 {
+                key.push_str(&format!(" ({copies} rows)"));
             }
-            out.push(parts.join(", "));
+            out.push((copies, key));
         }
     }
     out
