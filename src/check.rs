@@ -39,9 +39,24 @@ pub async fn check(job: &Job, progress: &Progress) -> CheckReport {
             return report;
         }
     };
+    let wanted = Side::BOTH.map(|side| connect::wanted(job, side));
     let (source, destination) = tokio::join!(
-        connect::register(&ctx, &job.source, Some(SAMPLE_ROWS), progress, None),
-        connect::register(&ctx, &job.destination, Some(SAMPLE_ROWS), progress, None),
+        connect::register(
+            &ctx,
+            &job.source,
+            Some(SAMPLE_ROWS),
+            progress,
+            None,
+            &wanted[0]
+        ),
+        connect::register(
+            &ctx,
+            &job.destination,
+            Some(SAMPLE_ROWS),
+            progress,
+            None,
+            &wanted[1]
+        ),
     );
     for (side, result) in Side::BOTH.into_iter().zip([source, destination]) {
         match result {

@@ -160,6 +160,13 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    #[error("the {side} API `{endpoint}`: {message}")]
+    Http {
+        side: Side,
+        endpoint: String,
+        message: String,
+    },
+
     #[error("internal error (this is a bug in recon, please report it): {0}")]
     Internal(String),
 }
@@ -200,6 +207,9 @@ impl Error {
                 file.display()
             ),
             Error::Writeback { .. } => "rows written before the failure are kept; the next run's diff finds the rest".into(),
+            Error::Http { side, .. } => format!(
+                "check the [{side}] url and `[{side}.http]` (records, paging, headers); `recon check JOB.toml` reads a first page; rows written before a failure are kept and the next run's diff finds the rest"
+            ),
             Error::Read { .. } => "run `recon check JOB.toml` to see whether both sides can be reached and read".into(),
             _ => return None,
         })

@@ -27,6 +27,7 @@ pub mod connect;
 pub mod diff;
 pub mod engine;
 pub mod error;
+pub mod http;
 pub mod init;
 pub mod progress;
 pub mod report;

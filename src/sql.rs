@@ -86,7 +86,7 @@ pub fn relation_select(dialect: Dialect, relation: &crate::config::Relation) -> 
     match relation {
         crate::config::Relation::Table(t) => format!("SELECT * FROM {}", quote_table(dialect, t)),
         crate::config::Relation::Query(q) => q.trim().trim_end_matches(';').to_string(),
-        crate::config::Relation::File => String::new(),
+        crate::config::Relation::File | crate::config::Relation::Http => String::new(),
     }
 }
 

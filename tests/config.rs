@@ -187,3 +187,88 @@ fn the_reference_file_documents_every_key_and_parses() {
         Some(Path::new("/var/tmp/recon"))
     );
 }
+
+#[test]
+fn the_http_reference_file_parses_as_documented() {
+    use recon::config::{FieldKind, Paging};
+    let path = crate::support::fixture("reference-http.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let job = Job::parse(&path, &text, &|_| None).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(job.destination.relation, Relation::Http);
+    let http = job.destination.http.expect("http options");
+    assert_eq!(
+        http.headers,
+        vec![("Authorization".to_string(), "token".to_string())]
+    );
+    assert_eq!(http.records, "/items");
+    assert_eq!(
+        http.paging,
+        Paging::Page {
+            param: Some("page".into()),
+            size_param: Some("perPage".into()),
+            size: 500,
+            start: 1
+        }
+    );
+    assert_eq!(
+        (http.update.method.as_str(), http.update.path.as_str()),
+        ("PATCH", "/{id}")
+    );
+    assert!(!http.create.idempotent && http.update.idempotent);
+    assert_eq!(http.rate_limit, Some(20.0));
+    assert_eq!(
+        (http.concurrency, http.retries, http.max_body),
+        (4, 4, 64 << 20)
+    );
+    assert_eq!(http.schema[0].1.kind, FieldKind::TimestampTz);
+    assert_eq!(http.schema[1].1.kind, FieldKind::Decimal);
+    assert_eq!(http.params[0].1, "updated >= '$watermark'");
+}
+
+#[test]
+fn http_sides_report_every_problem_with_its_line() {
+    let found = problems(
+        "[source]\nurl = \"a.csv\"\n[destination]\nurl = \"https://api.test/items\"\n[destination.http]\npage = { size = 0 }\nnext = \"/next\"\nrate_limit = \"fast\"\nretry = 3\n[destination.http.schema]\nat = \"datetime\"\n[match]\nk = \"k\"\n",
+    );
+    let all = found.join("\n");
+    assert!(
+        all.contains(
+            ":7: `[destination.http]`: choose one way of paging; `page` and `next` are all set"
+        ),
+        "{all}"
+    );
+    assert!(
+        all.contains(":8: `destination.http.rate_limit` must be a rate"),
+        "{all}"
+    );
+    assert!(
+        all.contains(":9: unknown key `destination.http.retry`"),
+        "{all}"
+    );
+    assert!(
+        all.contains(":11: `destination.http.schema.at`: unknown type `datetime`"),
+        "{all}"
+    );
+    // The default update and delete paths use `{id}`: the destination must name its id field.
+    let found = problems(
+        "[source]\nurl = \"a.csv\"\n[destination]\nurl = \"https://api.test/items\"\n[match]\nk = \"k\"\n",
+    );
+    assert!(
+        found
+            .join("\n")
+            .contains(":3: `[destination.http]` write templates use `{id}`"),
+        "{found:?}"
+    );
+    let found = problems(
+        "[source]\nurl = \"a.csv\"\n[source.http]\nrecords = \"/x\"\n[destination]\nurl = \"https://api.test/items\"\nid = \"id\"\ntable = \"t\"\n[match]\nk = \"k\"\n",
+    );
+    let all = found.join("\n");
+    assert!(
+        all.contains(":3: `[source.http]` applies to http(s):// urls only"),
+        "{all}"
+    );
+    assert!(
+        all.contains(":8: `[destination]` reads an HTTP API"),
+        "{all}"
+    );
+}

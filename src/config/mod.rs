@@ -2,11 +2,13 @@
 //! from the environment, and checks every key and value without touching disk (beyond reading the
 //! file itself) or network; every problem is collected and returned at once, each with its line.
 
+mod http;
 mod mapping;
 mod parse;
 mod urls;
 mod values;
 
+pub use http::{Field, FieldKind, HttpOptions, Paging, Request};
 pub use urls::{is_secret_parameter, redact};
 
 use std::path::{Path, PathBuf};
@@ -102,6 +104,8 @@ pub struct Endpoint {
     pub id: Option<String>,
     /// `cursor`/`lag` (source only): incremental mode.
     pub cursor: Option<Cursor>,
+    /// `[side.http]`: how an `http(s)://` side is listed and written (always set for one).
+    pub http: Option<HttpOptions>,
 }
 
 /// Incremental mode: read the source from `column >= watermark - lag`.
@@ -127,6 +131,8 @@ pub enum Relation {
     Query(String),
     /// A file endpoint: the whole file is the snapshot.
     File,
+    /// An HTTP endpoint: the records its url lists.
+    Http,
 }
 
 /// Where a side's data lives, from its `url`.
@@ -136,6 +142,8 @@ pub enum Location {
     Mysql(String),
     Sqlite(PathBuf),
     File(PathBuf, FileFormat),
+    /// An `http(s)://` API (see [`HttpOptions`]).
+    Http(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,7 +160,7 @@ impl Location {
     /// The url with any password replaced by `***`, for messages and logs.
     pub fn display(&self) -> String {
         match self {
-            Location::Postgres(url) | Location::Mysql(url) => redact(url),
+            Location::Postgres(url) | Location::Mysql(url) | Location::Http(url) => redact(url),
             Location::Sqlite(path) => format!("sqlite://{}", path.display()),
             Location::File(path, _) => path.display().to_string(),
         }

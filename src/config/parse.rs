@@ -15,7 +15,7 @@ use super::{
 };
 use crate::error::{Problem, Side};
 
-type Table<'i> = DeTable<'i>;
+pub(super) type Table<'i> = DeTable<'i>;
 
 const TOP_KEYS: &[&str] = &[
     "name",
@@ -42,13 +42,13 @@ const ENDPOINT_KEYS: &[&str] = &["url", "table", "query", "id", "cursor", "lag",
 const WRITE_KEYS: &[&str] = &["deletes", "max_changes", "batch_size", "persistent_after"];
 const STATE_KEYS: &[&str] = &["url"];
 /// Collects problems while walking the document.
-struct Walker<'a> {
+pub(super) struct Walker<'a> {
     file: PathBuf,
     text: &'a str,
     /// Byte offset where each line starts, to turn offsets into line numbers quickly.
     line_starts: Vec<usize>,
-    env: &'a dyn Fn(&str) -> Option<String>,
-    problems: Vec<Problem>,
+    pub(super) env: &'a dyn Fn(&str) -> Option<String>,
+    pub(super) problems: Vec<Problem>,
 }
 
 pub(super) fn parse(
@@ -82,7 +82,7 @@ pub(super) fn parse(
 }
 
 impl Walker<'_> {
-    fn problem(&mut self, at: usize, message: impl Into<String>) {
+    pub(super) fn problem(&mut self, at: usize, message: impl Into<String>) {
         let line = self.line_of(at);
         self.problems.push(Problem {
             file: self.file.clone(),
@@ -143,7 +143,7 @@ impl Walker<'_> {
         })
     }
 
-    fn unknown_keys(&mut self, table: &Table, known: &[&str], prefix: &str) {
+    pub(super) fn unknown_keys(&mut self, table: &Table, known: &[&str], prefix: &str) {
         for (key, _) in table.iter() {
             if !known.contains(&key.get_ref().as_ref()) {
                 let expected = known.join(", ");
@@ -174,7 +174,12 @@ impl Walker<'_> {
     }
 
     /// A string value with `${VAR}` expanded, and where it starts.
-    fn string(&mut self, table: &Table, key: &str, prefix: &str) -> Option<(String, usize)> {
+    pub(super) fn string(
+        &mut self,
+        table: &Table,
+        key: &str,
+        prefix: &str,
+    ) -> Option<(String, usize)> {
         let value = table.get(key)?;
         let at = value.span().start;
         match value.get_ref() {
@@ -226,14 +231,31 @@ impl Walker<'_> {
             }
             return None;
         };
+        let http = self.http(table, &prefix);
         let location = self.location(&url, at, &prefix)?;
+        if let (Some(v), false) = (table.get("http"), matches!(location, Location::Http(_))) {
+            self.problem(
+                v.span().start,
+                format!("`[{name}.http]` applies to http(s):// urls only"),
+            );
+        }
+        let http = match (&location, http) {
+            (Location::Http(_), Some(h)) => Some(h),
+            (Location::Http(_), None) if table.get("http").is_none() => Some(Default::default()),
+            (Location::Http(_), None) => return None,
+            _ => None,
+        };
         let relation = self.relation(&location, tab, query, header, name)?;
+        if let Some(h) = &http {
+            self.check_templates(h, id.as_deref(), header, name);
+        }
         Some(Endpoint {
             side,
             location,
             relation,
             id,
             cursor,
+            http,
         })
     }
 
@@ -289,13 +311,7 @@ impl Walker<'_> {
             return Some(Location::Sqlite(self.resolve(path)));
         }
         if lower.starts_with("http://") || lower.starts_with("https://") {
-            self.problem(
-                at,
-                format!(
-                    "`{prefix}url`: http(s) endpoints are not available in this version of recon"
-                ),
-            );
-            return None;
+            return Some(Location::Http(url.to_string()));
         }
         let format = match Path::new(&lower).extension().and_then(|e| e.to_str()) {
             Some("csv") => FileFormat::Csv,
@@ -305,13 +321,27 @@ impl Walker<'_> {
             _ => {
                 self.problem(
                     at,
-                    format!("`{prefix}url` = \"{}\" is not a known kind of url (postgres://, mysql://, sqlite://, or a .csv/.parquet/.json/.jsonl path)", super::redact(url)),
+                    format!("`{prefix}url` = \"{}\" is not a known kind of url (postgres://, mysql://, sqlite://, http(s)://, or a .csv/.parquet/.json/.jsonl path)", super::redact(url)),
                 );
                 return None;
             }
         };
         let path = url.strip_prefix("file://").unwrap_or(url);
         Some(Location::File(self.resolve(path), format))
+    }
+
+    /// Write templates may only name `{id}` when the destination has an `id`.
+    fn check_templates(
+        &mut self,
+        http: &super::HttpOptions,
+        id: Option<&str>,
+        header: usize,
+        name: &str,
+    ) {
+        let uses_id = http.write_placeholders().iter().any(|p| p == "id");
+        if uses_id && id.is_none() && name == "destination" {
+            self.problem(header, "`[destination.http]` write templates use `{id}` (the defaults: `PATCH /{id}`, `DELETE /{id}`), so `[destination] id` must name the record id field, e.g. `id = \"id\"`".to_string());
+        }
     }
 
     /// Refuse url parameters the driver does not know (see [`super::urls`]).
@@ -334,6 +364,12 @@ impl Walker<'_> {
                 self.problem(*at, format!("`[{name}]` reads a file: the file is the table, so `table` and `query` do not apply"));
             }
             return Some(Relation::File);
+        }
+        if let Location::Http(_) = location {
+            for (_, at) in table.iter().chain(query.iter()) {
+                self.problem(*at, format!("`[{name}]` reads an HTTP API: the url lists the records, so `table` and `query` do not apply (paging and filters go under `[{name}.http]`)"));
+            }
+            return Some(Relation::Http);
         }
         match (table, query) {
             (Some((t, _)), None) => Some(Relation::Table(t)),

@@ -61,7 +61,7 @@ pub async fn missing_index_note(job: &Job) -> Result<Option<String>> {
             .fetch_one(&mut conn)
             .await
         }
-        Location::File(..) => return Ok(None),
+        Location::File(..) | Location::Http(_) => return Ok(None),
     };
     let indexed = indexed.unwrap_or(true);
     Ok((!indexed).then(|| {

@@ -4,6 +4,7 @@
 //! scanned in place. Both sides are read at the same time.
 
 mod files;
+mod http;
 mod index;
 mod mysql;
 mod pgbinary;
@@ -25,7 +26,7 @@ use datafusion::execution::options::ArrowReadOptions;
 use datafusion::prelude::SessionContext;
 
 use crate::config::{Endpoint, Job, Location};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Side};
 use crate::progress::Progress;
 use crate::progress::RowCounter;
 use crate::snapshot::BATCH_ROWS;
@@ -49,20 +50,54 @@ pub async fn register_both(
             Location::Postgres(_) | Location::Sqlite(_)
         );
     if !narrow {
+        let wanted = Side::BOTH.map(|side| wanted(job, side));
         tokio::try_join!(
-            register(ctx, &job.source, limit, progress, read),
-            register(ctx, &job.destination, limit, progress, None),
+            register(ctx, &job.source, limit, progress, read, &wanted[0]),
+            register(ctx, &job.destination, limit, progress, None, &wanted[1]),
         )?;
         return Ok(());
     }
     // Incremental mode: read the source window first, then only the destination rows with its keys.
-    register(ctx, &job.source, limit, progress, read).await?;
+    register(
+        ctx,
+        &job.source,
+        limit,
+        progress,
+        read,
+        &wanted(job, Side::Source),
+    )
+    .await?;
     let keys = window_keys(ctx, job).await?;
     let read = SourceRead {
         keys,
         ..SourceRead::default()
     };
-    register(ctx, &job.destination, limit, progress, Some(&read)).await
+    register(
+        ctx,
+        &job.destination,
+        limit,
+        progress,
+        Some(&read),
+        &wanted(job, Side::Destination),
+    )
+    .await
+}
+
+/// The columns the job maps on `side` (keys, compared columns, id, cursor): an HTTP side has
+/// them even when no record of the first page does.
+pub fn wanted(job: &Job, side: Side) -> Vec<String> {
+    let pick = |p: &crate::config::ColumnPair| match side {
+        Side::Source => p.source.clone(),
+        Side::Destination => p.destination.clone(),
+    };
+    let endpoint = job.endpoint(side);
+    job.keys
+        .iter()
+        .chain(job.compare.iter().flatten())
+        .map(pick)
+        .chain(endpoint.id.clone())
+        .chain(endpoint.cursor.as_ref().map(|c| c.column.clone()))
+        .collect()
 }
 
 /// Most keys passed to the destination as a filter; a larger window reads the destination whole.
@@ -105,6 +140,7 @@ pub async fn register(
     limit: Option<usize>,
     progress: &Progress,
     read: Option<&SourceRead>,
+    wanted: &[String],
 ) -> Result<()> {
     let name = endpoint.side.name();
     let snapshot = match &endpoint.location {
@@ -117,7 +153,16 @@ pub async fn register(
         }
         location => {
             let work = crate::engine::work_dir(ctx)?;
-            read_database(endpoint, location, limit, progress, read, work.path()).await?
+            read_database(
+                endpoint,
+                location,
+                limit,
+                progress,
+                read,
+                wanted,
+                work.path(),
+            )
+            .await?
         }
     };
     let options = ArrowReadOptions {
@@ -127,7 +172,11 @@ pub async fn register(
     };
     let dir = format!("{}/", snapshot.dir.display());
     ctx.register_arrow(name, &dir, options).await?;
-    Ok(())
+    // An API may not filter by the watermark (or be told to): the window applies here too.
+    match (&endpoint.location, read.and_then(|r| r.window.as_ref())) {
+        (Location::Http(_), Some(w)) => filter_file(ctx, name, w).await,
+        _ => Ok(()),
+    }
 }
 
 /// Read a database side once, staging its batches in the work folder as they arrive.
@@ -137,6 +186,7 @@ async fn read_database(
     limit: Option<usize>,
     progress: &Progress,
     read: Option<&SourceRead>,
+    wanted: &[String],
     work: &std::path::Path,
 ) -> Result<Staged> {
     let side = endpoint.side;
@@ -153,6 +203,9 @@ async fn read_database(
         Location::Mysql(url) => mysql::snapshot(endpoint, url, limit, &counter, read, out).await?,
         Location::Sqlite(path) => {
             sqlite::snapshot(endpoint, path, limit, &counter, read, out).await?
+        }
+        Location::Http(url) => {
+            http::snapshot(endpoint, url, limit, &counter, read, wanted, out).await?
         }
         Location::File(..) => return Err(Error::Internal("files are registered, not read".into())),
     };

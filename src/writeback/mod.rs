@@ -8,6 +8,7 @@
 //! is returned with the database's message. Errors that are not about the rows (the connection
 //! is lost, the table is gone) stop the run.
 
+mod http;
 mod mysql;
 mod postgres;
 mod spool;
@@ -232,6 +233,7 @@ impl Writer {
 /// Refuse destinations that cannot be written: files, and sides read through a `query`.
 pub fn check_destination(job: &Job) -> Result<()> {
     match (&job.destination.location, &job.destination.relation) {
+        (Location::Http(_), _) => Ok(()),
         (Location::File(..), _) => Err(Error::Unsupported(
             "apply writes to databases (PostgreSQL, MySQL/MariaDB, SQLite); a file destination can be planned, not applied".into(),
         )),
@@ -245,11 +247,13 @@ pub fn check_destination(job: &Job) -> Result<()> {
 /// The destination table and its mapped columns.
 pub fn target(job: &Job, changeset: &Changeset) -> Result<Target> {
     check_destination(job)?;
-    let Relation::Table(table) = &job.destination.relation else {
-        return Err(Error::Internal("checked above".into()));
+    let table = match (&job.destination.relation, &job.destination.location) {
+        (Relation::Table(table), _) => table.clone(),
+        (_, Location::Http(_)) => job.destination.location.display(),
+        _ => return Err(Error::Internal("checked above".into())),
     };
     Ok(Target {
-        table: table.clone(),
+        table,
         keys: changeset.key_columns.clone(),
         compared: changeset.compared_columns.clone(),
     })
@@ -266,6 +270,9 @@ pub async fn write(
     progress: &Progress,
 ) -> Result<Outcome> {
     let target = target(job, shape)?;
+    if let Location::Http(_) = &job.destination.location {
+        return http::write(job, shape, spool, deletes, progress, &target).await;
+    }
     let mut writers = vec![connect(job, &target).await?];
     if matches!(&writers[0], Writer::Postgres(w) if w.shareable()) {
         for _ in 1..POSTGRES_WRITERS {
@@ -273,15 +280,8 @@ pub async fn write(
         }
     }
     let mut outcome = Outcome::default();
-    let s = &shape.summary;
-    let total = s.insert + s.update + if deletes { s.delete } else { 0 };
-    let counter = progress.bar("writing", total);
-    let mut actions = Vec::new();
-    if deletes {
-        actions.push(Action::Delete);
-    }
-    actions.extend([Action::Update, Action::Insert]);
-    for action in actions {
+    let counter = progress.bar("writing", total(shape, deletes));
+    for action in actions(deletes) {
         let mut changes = spool.read(action)?;
         loop {
             let chunk = changes
@@ -332,13 +332,33 @@ pub async fn write(
         }
     }
     counter.done();
-    // Writers and the diff give no order of their own: report failures by action, then key.
-    outcome.failed.sort_by(|a, b| {
+    sort_failures(&mut outcome.failed);
+    Ok(outcome)
+}
+
+/// Changes to write: inserts and updates, and deletes when they are on.
+fn total(shape: &Changeset, deletes: bool) -> u64 {
+    let s = &shape.summary;
+    s.insert + s.update + if deletes { s.delete } else { 0 }
+}
+
+/// The order actions are written in: deletes first (when on), then updates, then inserts.
+fn actions(deletes: bool) -> Vec<Action> {
+    let mut actions = Vec::new();
+    if deletes {
+        actions.push(Action::Delete);
+    }
+    actions.extend([Action::Update, Action::Insert]);
+    actions
+}
+
+/// Writers and the diff give no order of their own: failures are reported by action, then key.
+fn sort_failures(failed: &mut [Failure]) {
+    failed.sort_by(|a, b| {
         rank(a.action)
             .cmp(&rank(b.action))
             .then_with(|| compare_keys(&a.key, &b.key))
     });
-    Ok(outcome)
 }
 
 /// Deletes, updates, inserts: the order they are written in.
@@ -387,9 +407,9 @@ async fn connect(job: &Job, target: &Target) -> Result<Writer> {
         Location::Sqlite(path) => {
             Writer::Sqlite(sqlite::Writer::connect(&job.destination, path, target).await?)
         }
-        Location::File(..) => {
+        Location::File(..) | Location::Http(_) => {
             return Err(Error::Internal(
-                "file destinations are refused by target()".into(),
+                "file and HTTP destinations have no database writer".into(),
             ));
         }
     })
