@@ -309,3 +309,14 @@ async fn offset_next_url_and_link_header_paging_read_every_page_within_the_rate_
         );
     }
 }
+
+#[tokio::test]
+async fn an_answer_larger_than_max_body_is_refused() {
+    let big = json!({"items": (0..200).map(|i| json!({"id": i.to_string(), "code": format!("C-{i}"), "total": 1})).collect::<Vec<_>>()}).to_string();
+    let server = serve(move |_, _| Reply::Json(200, big.clone()));
+    let f = Folder::new();
+    job(&f, &server.url, "max_body = \"2KB\"").await;
+    let (code, _, err) = recon(&["plan", "job.toml"], f.dir.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("larger than max_body (2048 bytes)"), "{err}");
+}

@@ -237,17 +237,8 @@ impl Client {
                     .ok_or_else(|| {
                         Attempt::Fatal(self.error("a redirect without a valid Location"))
                     })?;
-                if url.scheme() == "https" && to.scheme() != "https" {
-                    return Err(Attempt::Fatal(self.error(format!(
-                        "refusing a redirect from https to `{}`",
-                        redact(to.as_str())
-                    ))));
-                }
-                if method != Method::GET {
-                    return Err(Attempt::Fatal(self.error(format!(
-                        "the API answered {method} with a redirect to `{}`; point the url or path at the final location",
-                        redact(to.as_str())
-                    ))));
+                if let Some(refusal) = redirect_refusal(&url, &to, &method) {
+                    return Err(Attempt::Fatal(self.error(refusal)));
                 }
                 url = to;
                 continue;
@@ -321,6 +312,23 @@ enum Attempt {
     /// The request may have reached the server; its answer was lost.
     Lost(String),
     Fatal(Error),
+}
+
+/// Why a redirect from `from` to `to` is not followed: a downgrade from https, or a request
+/// other than a listing's GET (a write is never re-sent elsewhere).
+fn redirect_refusal(from: &Url, to: &Url, method: &Method) -> Option<String> {
+    if from.scheme() == "https" && to.scheme() != "https" {
+        return Some(format!(
+            "refusing a redirect from https to `{}`",
+            redact(to.as_str())
+        ));
+    }
+    (method != Method::GET).then(|| {
+        format!(
+            "the API answered {method} with a redirect to `{}`; point the url or path at the final location",
+            redact(to.as_str())
+        )
+    })
 }
 
 fn same_origin(a: &Url, b: &Url) -> bool {
@@ -445,6 +453,27 @@ mod tests {
         assert_eq!(
             api_message(b"<html><body>Bad Gateway</body></html>"),
             "<html><body>Bad Gateway</body></html>"
+        );
+    }
+
+    #[test]
+    fn redirects_never_downgrade_and_never_move_a_write() {
+        let u = |s: &str| Url::parse(s).unwrap();
+        let refusal = redirect_refusal(
+            &u("https://api.test/a"),
+            &u("http://api.test/a?token=x"),
+            &Method::GET,
+        );
+        assert_eq!(
+            refusal.as_deref(),
+            Some("refusing a redirect from https to `http://api.test/a?token=***`")
+        );
+        assert!(
+            redirect_refusal(&u("http://a.test/"), &u("https://b.test/"), &Method::GET).is_none()
+        );
+        assert!(
+            redirect_refusal(&u("https://a.test/"), &u("https://a.test/b"), &Method::POST)
+                .is_some()
         );
     }
 
