@@ -107,6 +107,8 @@ pub struct Changeset {
     pub key_columns: Vec<String>,
     /// Compared column names, as the destination calls them.
     pub compared_columns: Vec<String>,
+    /// Per compared column: compared as a number (integer, decimal or float).
+    pub compared_numeric: Vec<bool>,
     pub summary: Summary,
     /// The listed changes: all of them, or the first `--limit`.
     pub changes: Vec<Change>,

@@ -57,6 +57,12 @@ pub enum Command {
     )]
     Apply(ApplyArgs),
 
+    /// Report how far the destination has drifted from the source (read-only; recorded for the trend)
+    #[command(
+        after_help = "Examples:\n  recon audit orders.toml\n  recon audit orders.toml --format html --output drift.html\n  recon audit orders.toml --format openmetrics --output /var/lib/node_exporter/textfile/recon_orders.prom\n  recon audit orders.toml --fail-above 0.5%   # exit 4 above half a percent\n\nExit codes: 0 audited, 4 drift (with --exit-code) or drift above --fail-above, 1 failure."
+    )]
+    Audit(AuditArgs),
+
     /// Read or change the job's saved state, or list its past runs
     #[command(subcommand)]
     State(StateCommand),
@@ -95,6 +101,41 @@ pub struct PlanArgs {
     /// Exit with 4 when anything would change (for scripts and CI)
     #[arg(long)]
     pub exit_code: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// The job file (TOML)
+    pub job: PathBuf,
+
+    /// Output format
+    #[arg(long, short, value_enum, default_value_t = crate::report::AuditFormat::Table)]
+    pub format: crate::report::AuditFormat,
+
+    /// Write the output to this file instead of stdout
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+
+    /// Sample rows listed per category (missing, changed, extra)
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub samples: usize,
+
+    /// Exit with 4 when anything drifts
+    #[arg(long)]
+    pub exit_code: bool,
+
+    /// Exit with 4 when the drift share exceeds this percentage of the rows compared (e.g. 0.5%)
+    #[arg(long, value_name = "P%", value_parser = parse_percent)]
+    pub fail_above: Option<f64>,
+}
+
+/// `0.5%` (or `0.5`) as a share: 0.005.
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let p = s.trim().trim_end_matches('%').trim();
+    match p.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p / 100.0),
+        _ => Err("a percentage from 0 to 100, like 0.5%".into()),
+    }
 }
 
 #[derive(Debug, Args)]

@@ -19,6 +19,7 @@
 //! ```
 
 pub mod apply;
+pub mod audit;
 pub mod changeset;
 pub mod check;
 pub mod cli;
@@ -77,7 +78,7 @@ pub async fn plan_streaming(
 }
 
 /// Whether the source `query` refers to the saved state.
-fn uses_state(job: &Job) -> bool {
+pub(crate) fn uses_state(job: &Job) -> bool {
     matches!(&job.source.relation, config::Relation::Query(q) if q.contains("$watermark") || q.contains("$state."))
 }
 

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use recon::cli::{ApplyArgs, Cli, Command, PlanArgs, StateCommand};
+use recon::cli::{ApplyArgs, AuditArgs, Cli, Command, PlanArgs, StateCommand};
 use recon::{Error, Job, Progress, report};
 
 #[global_allocator]
@@ -58,6 +58,7 @@ async fn run(command: Command, progress: Progress) -> recon::Result<u8> {
     match command {
         Command::Plan(args) => plan(args, progress).await,
         Command::Apply(args) => apply(args, progress).await,
+        Command::Audit(args) => audit(args, progress).await,
         Command::State(command) => state(command).await,
         Command::Check { job } => check(&load(&job)?, &progress).await,
         Command::Init { dir } => {
@@ -126,6 +127,22 @@ async fn apply(args: ApplyArgs, progress: Progress) -> recon::Result<u8> {
         0
     } else {
         EXIT_PARTIAL
+    })
+}
+
+async fn audit(args: AuditArgs, progress: Progress) -> recon::Result<u8> {
+    let job = load(&args.job)?;
+    let audit = recon::audit::audit(&job, args.samples, &progress).await?;
+    report::emit(
+        &report::render_audit(&audit, args.format),
+        args.output.as_deref(),
+    )?;
+    let share = audit.share(audit.drift());
+    let over = args.fail_above.is_some_and(|limit| share > limit);
+    Ok(if over || (args.exit_code && audit.drift() > 0) {
+        EXIT_DRIFT
+    } else {
+        0
     })
 }
 

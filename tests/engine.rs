@@ -72,6 +72,22 @@ async fn plan_and_apply_under_a_small_memory_limit_give_exact_counts() {
         (Some(insert), Some(update), Some(delete)),
         "{s}"
     );
+    // The audit runs the same diff in the same budget.
+    let (code, out, err) = recon(
+        &["audit", "job.toml", "-f", "json", limit[0], limit[1]],
+        f.dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let c = json(&out)["categories"].clone();
+    assert_eq!(
+        (
+            c["missing"]["rows"].as_i64(),
+            c["changed"]["rows"].as_i64(),
+            c["extra"]["rows"].as_i64()
+        ),
+        (Some(insert), Some(update), Some(delete)),
+        "{c}"
+    );
     let (code, out, err) = recon(
         &[
             "apply", "job.toml", "-f", "json", "--force", limit[0], limit[1],

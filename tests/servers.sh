@@ -27,11 +27,14 @@ install_packages() {
   command -v jq >/dev/null || missing+=(jq)
   command -v curl >/dev/null || missing+=(curl)
   command -v npm >/dev/null || missing+=(npm)
+  command -v chromium >/dev/null || missing+=(chromium)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}" >&2
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
+  # The audit's OpenMetrics output is checked with Prometheus's own Python parser.
+  python3 -c "import prometheus_client" 2>/dev/null || python3 -m pip install -q "prometheus_client==0.26.0" >&2
 }
 
 stop_servers() {

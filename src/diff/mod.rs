@@ -87,6 +87,11 @@ pub async fn changeset_with(
         job: job.name.clone(),
         key_columns: resolved.key_names(),
         compared_columns: resolved.compared_names(),
+        compared_numeric: resolved
+            .compared
+            .iter()
+            .map(|m| m.common.is_numeric())
+            .collect(),
         summary: Default::default(),
         changes: Vec::new(),
         cursor_max: None,

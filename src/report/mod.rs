@@ -8,8 +8,11 @@ use std::path::Path;
 
 use serde_json::{Map, Value, json};
 
+mod audit;
+mod audit_html;
 mod stream;
 
+pub use audit::{AuditFormat, render_audit};
 pub use stream::Stream;
 
 use crate::changeset::{Action, Change, Changeset, display};
@@ -125,7 +128,7 @@ pub fn document(changeset: &Changeset) -> Value {
     })
 }
 
-fn change_object(changeset: &Changeset, change: &Change) -> Map<String, Value> {
+pub(crate) fn change_object(changeset: &Changeset, change: &Change) -> Map<String, Value> {
     let mut object = Map::new();
     object.insert("action".into(), json!(change.action));
     object.insert("key".into(), Value::Object(changeset.key_object(change)));
@@ -170,7 +173,7 @@ pub fn summary_line(changeset: &Changeset) -> String {
 }
 
 /// What changes in one row, for people: `total_price: 10.00 → 12.50` or `code=A-4, price=1`.
-fn describe_change(changeset: &Changeset, change: &Change) -> String {
+pub(crate) fn describe_change(changeset: &Changeset, change: &Change) -> String {
     let columns = changeset.compared_columns.iter().enumerate();
     let parts: Vec<String> = match change.action {
         Action::Update => columns
@@ -195,7 +198,7 @@ fn describe_change(changeset: &Changeset, change: &Change) -> String {
 
 /// Text for a terminal or a markdown table: control characters from the data (escape sequences,
 /// carriage returns, NUL, …) are shown escaped (`\n`, `\u{1b}`) rather than sent to the screen.
-fn printable(text: String) -> String {
+pub(crate) fn printable(text: String) -> String {
     if !text.chars().any(char::is_control) {
         return text;
     }
@@ -212,7 +215,7 @@ fn printable(text: String) -> String {
     out
 }
 
-fn key_text(changeset: &Changeset, change: &Change) -> String {
+pub(crate) fn key_text(changeset: &Changeset, change: &Change) -> String {
     changeset
         .key_object(change)
         .iter()
@@ -411,7 +414,7 @@ fn failed_lines(report: &crate::apply::ApplyReport) -> String {
     out
 }
 
-fn failed_object(f: &crate::state::FailedRow, persistent_after: u64) -> Value {
+pub(crate) fn failed_object(f: &crate::state::FailedRow, persistent_after: u64) -> Value {
     let key: Value = serde_json::from_str(&f.key).unwrap_or(Value::String(f.key.clone()));
     json!({
         "action": f.action,
