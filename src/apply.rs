@@ -39,6 +39,9 @@ pub struct ApplyReport {
     pub run_id: i64,
     /// `[write] persistent_after`: failing this many applies in a row makes a row persistent.
     pub persistent_after: u64,
+    /// A reviewed plan's changes found stale (also in `failed`) and already written.
+    pub stale: u64,
+    pub already_written: u64,
 }
 
 pub async fn apply(job: &Job, options: &ApplyOptions, progress: &Progress) -> Result<ApplyReport> {
@@ -128,10 +131,35 @@ pub async fn apply(job: &Job, options: &ApplyOptions, progress: &Progress) -> Re
         failed,
         run_id,
         persistent_after: job.write.persistent_after,
+        stale: 0,
+        already_written: 0,
     })
 }
 
 impl ApplyReport {
+    /// A report of a reviewed plan's apply: `(stale, already written)` changes of the plan.
+    pub(crate) fn new(
+        changeset: Changeset,
+        spool: writeback::Spool,
+        job: &Job,
+        applied: Applied,
+        failed: Vec<FailedRow>,
+        run_id: i64,
+        (stale, already_written): (u64, u64),
+    ) -> ApplyReport {
+        ApplyReport {
+            changeset,
+            spool,
+            deletes: job.write.deletes,
+            applied,
+            failed,
+            run_id,
+            persistent_after: job.write.persistent_after,
+            stale,
+            already_written,
+        }
+    }
+
     /// Every change of the run, read back from the spool: inserts, then updates, then deletes.
     pub fn changes(&self) -> Result<impl Iterator<Item = Result<crate::changeset::Change>>> {
         use crate::changeset::Action;
@@ -166,7 +194,7 @@ fn advance(
 
 /// Refuse before any write when more rows would change than allowed, or when an empty source
 /// would delete rows.
-fn guard(job: &Job, options: &ApplyOptions, changeset: &Changeset) -> Result<()> {
+pub(crate) fn guard(job: &Job, options: &ApplyOptions, changeset: &Changeset) -> Result<()> {
     let s = &changeset.summary;
     let deletes = if job.write.deletes { s.delete } else { 0 };
     if job.write.deletes && s.source_rows == 0 && deletes > 0 && !options.allow_empty_source {
@@ -182,6 +210,14 @@ fn guard(job: &Job, options: &ApplyOptions, changeset: &Changeset) -> Result<()>
     };
     let (allowed, described) = match limit {
         MaxChanges::Rows(n) => (n, format!("{n} rows")),
+        // A share of nothing allows nothing: an initial load would always be refused. A
+        // percentage guards an existing destination; an empty one is filled, and the run says so.
+        MaxChanges::Percent(p) if s.destination_rows == 0 => {
+            tracing::warn!(
+                "max_changes = {p}% does not apply to an empty destination: writing all {changes} rows (an initial load); set a row count to cap it"
+            );
+            return Ok(());
+        }
         MaxChanges::Percent(p) => {
             let n = (s.destination_rows as f64 * p / 100.0).floor() as u64;
             (

@@ -36,7 +36,7 @@ impl Action {
 }
 
 /// Counts, always complete whatever `--limit` says.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
     pub source_rows: u64,
     pub destination_rows: u64,

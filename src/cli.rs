@@ -47,13 +47,13 @@ fn parse_size(s: &str) -> Result<u64, String> {
 pub enum Command {
     /// Dry run: show the changeset (inserts, updates field by field, deletes); writes nothing
     #[command(
-        after_help = "Examples:\n  recon plan orders.toml\n  recon plan orders.toml --format json --limit 0 | jq .summary\n  recon plan orders.toml --format csv --output changes.csv\n  recon plan orders.toml --exit-code || echo \"drift\""
+        after_help = "Examples:\n  recon plan orders.toml\n  recon plan orders.toml --format json --limit 0 | jq .summary\n  recon plan orders.toml --format csv --output changes.csv\n  recon plan orders.toml --exit-code || echo \"drift\"\n  recon plan orders.toml --save orders.plan -f markdown > plan.md   # for review\n  recon plan --show orders.plan"
     )]
     Plan(PlanArgs),
 
     /// Compute the changeset and write it back; record the run and every failed row
     #[command(
-        after_help = "Examples:\n  recon apply orders.toml\n  recon apply orders.toml --format json > run.json\n  recon apply orders.toml --max-changes 5000\n\nExit codes: 0 all written, 1 failure or guard tripped (nothing written by a guard), 3 some rows failed (recorded; retried by the next run), 75 another apply of this job is running."
+        after_help = "Examples:\n  recon apply orders.toml\n  recon apply orders.toml --plan orders.plan   # exactly the reviewed plan\n  recon apply orders.toml --format json > run.json\n  recon apply orders.toml --max-changes 5000\n\nExit codes: 0 all written, 1 failure or guard tripped (nothing written by a guard), 3 some rows failed (recorded; retried by the next run), 75 another apply of this job is running."
     )]
     Apply(ApplyArgs),
 
@@ -83,8 +83,18 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
-    /// The job file (TOML)
-    pub job: PathBuf,
+    /// The job file (TOML); not needed with --show
+    #[arg(required_unless_present = "show")]
+    pub job: Option<PathBuf>,
+
+    /// Also save the plan (every change, whatever --limit lists) to this file, for review and
+    /// `recon apply JOB --plan PLAN`; a name ending in .gz is compressed
+    #[arg(long, value_name = "PLAN", conflicts_with = "show")]
+    pub save: Option<PathBuf>,
+
+    /// Show a saved plan instead of computing one (in any --format)
+    #[arg(long, value_name = "PLAN")]
+    pub show: Option<PathBuf>,
 
     /// Output format
     #[arg(long, short, value_enum, default_value_t = Format::Table)]
@@ -166,6 +176,33 @@ pub struct ApplyArgs {
     /// Let an empty source snapshot delete destination rows (off: an empty source deletes nothing)
     #[arg(long)]
     pub allow_empty_source: bool,
+
+    /// Write exactly this reviewed plan (from `recon plan --save`): nothing else, and no row
+    /// changed in the destination since the review (those are reported stale)
+    #[arg(long, value_name = "PLAN")]
+    pub plan: Option<PathBuf>,
+
+    /// With --plan: refuse a plan older than this (e.g. 30m, 24h, 7d)
+    #[arg(long, value_name = "AGE", default_value = "24h", value_parser = parse_age)]
+    pub max_age: std::time::Duration,
+}
+
+/// `30m`, `24h`, `7d`, `90s`.
+fn parse_age(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| "an age like 30m, 24h or 7d".to_string())?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" | "" => 3600,
+        "d" => 86_400,
+        _ => return Err("an age like 30m, 24h or 7d".into()),
+    };
+    Ok(std::time::Duration::from_secs(n * seconds))
 }
 
 fn parse_max_changes(s: &str) -> Result<crate::config::MaxChanges, String> {

@@ -160,6 +160,9 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    #[error("the plan file `{}` cannot be applied: {reason}", path.display())]
+    Plan { path: PathBuf, reason: String },
+
     #[error("the {side} API `{endpoint}`: {message}")]
     Http {
         side: Side,
@@ -207,6 +210,7 @@ impl Error {
                 file.display()
             ),
             Error::Writeback { .. } => "rows written before the failure are kept; the next run's diff finds the rest".into(),
+            Error::Plan { .. } => "nothing was written; compute and review a new plan with `recon plan JOB.toml --save PLAN`".into(),
             Error::Http { side, .. } => format!(
                 "check the [{side}] url and `[{side}.http]` (records, paging, headers); `recon check JOB.toml` reads a first page; rows written before a failure are kept and the next run's diff finds the rest"
             ),

@@ -30,8 +30,10 @@ pub mod engine;
 pub mod error;
 pub mod http;
 pub mod init;
+pub mod plan_file;
 pub mod progress;
 pub mod report;
+pub mod reviewed;
 pub mod snapshot;
 pub mod sql;
 pub mod stage;
@@ -75,6 +77,21 @@ pub async fn plan_streaming(
     };
     let read = source_read(job, state)?;
     diff_snapshots(job, limit, false, &read, progress, Some(sink)).await
+}
+
+/// As [`plan_streaming`] for a plan to be saved (`recon plan --save`): every change, in listing
+/// order, with the typed values that writeback binds.
+pub async fn plan_for_review(
+    job: &Job,
+    progress: &Progress,
+    sink: &mut diff::ChangeSink<'_>,
+) -> Result<Changeset> {
+    let state = match job.source.cursor.is_some() || uses_state(job) {
+        true => State::peek(job).await?,
+        false => None,
+    };
+    let read = source_read(job, state)?;
+    diff_snapshots(job, Some(usize::MAX), true, &read, progress, Some(sink)).await
 }
 
 /// Whether the source `query` refers to the saved state.

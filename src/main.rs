@@ -77,28 +77,134 @@ async fn run(command: Command, progress: Progress) -> recon::Result<u8> {
 }
 
 async fn plan(args: PlanArgs, progress: Progress) -> recon::Result<u8> {
-    let job = load(&args.job)?;
+    if let Some(path) = &args.show {
+        return show_plan(path, &args);
+    }
+    let job = load(args.job.as_deref().unwrap_or(std::path::Path::new("")))?;
     let limit = args.limit.or(args.format.default_limit());
-    let changeset = if args.format.streams() {
-        // json, jsonl and csv are written as the diff produces them.
-        let mut out = report::Stream::new(args.format, args.output.as_deref(), limit)?;
-        let mut sink = |shell: &recon::Changeset, change: recon::Change| out.change(shell, &change);
-        let changeset = recon::plan_streaming(&job, limit, &progress, &mut sink).await?;
-        out.finish(&changeset)?;
-        changeset
-    } else {
-        let changeset = recon::plan(&job, limit, &progress).await?;
-        report::emit(
+    // Streamed formats write each listed change as it comes; the others keep the listed ones.
+    let mut stream = match args.format.streams() {
+        true => Some(report::Stream::new(
+            args.format,
+            args.output.as_deref(),
+            limit,
+        )?),
+        false => None,
+    };
+    let mut saved: Option<recon::plan_file::Writer> = None;
+    let mut listed = Vec::new();
+    let changeset = match &args.save {
+        Some(path) => {
+            // Every change goes to the plan file; the listing shows the first `limit`.
+            let mut sink = |shell: &recon::Changeset, change: recon::Change| {
+                if saved.is_none() {
+                    saved = Some(recon::plan_file::Writer::create(path, &job, shell)?);
+                }
+                if let Some(w) = saved.as_mut() {
+                    w.change(&change)?;
+                }
+                list(&mut stream, &mut listed, limit, shell, change)
+            };
+            recon::plan_for_review(&job, &progress, &mut sink).await?
+        }
+        None => {
+            let mut sink = |shell: &recon::Changeset, change: recon::Change| {
+                list(&mut stream, &mut listed, limit, shell, change)
+            };
+            recon::plan_streaming(&job, limit, &progress, &mut sink).await?
+        }
+    };
+    let mut changeset = changeset;
+    changeset.changes = listed;
+    match stream {
+        Some(out) => out.finish(&changeset)?,
+        None => report::emit(
             &report::render(&changeset, args.format),
             args.output.as_deref(),
-        )?;
-        changeset
-    };
+        )?,
+    }
+    if let Some(path) = &args.save {
+        let writer = match saved {
+            Some(w) => w,
+            None => recon::plan_file::Writer::create(path, &job, &changeset)?,
+        };
+        let digest = writer.finish(changeset.summary)?;
+        note(&format!(
+            "plan saved to {} ({} changes, {digest}); after review: recon apply {} --plan {}",
+            path.display(),
+            changeset.summary.changes(),
+            job.file.display(),
+            path.display()
+        ));
+    }
     Ok(if args.exit_code && changeset.summary.changes() > 0 {
         EXIT_DRIFT
     } else {
         0
     })
+}
+
+/// Hand a change to the streamed output, or keep it for the listing, while the listing has room.
+fn list(
+    stream: &mut Option<report::Stream>,
+    listed: &mut Vec<recon::Change>,
+    limit: Option<usize>,
+    shell: &recon::Changeset,
+    change: recon::Change,
+) -> recon::Result<()> {
+    match stream {
+        Some(out) => out.change(shell, &change),
+        None if limit.is_none_or(|n| listed.len() < n) => {
+            listed.push(change);
+            Ok(())
+        }
+        None => Ok(()),
+    }
+}
+
+/// `recon plan --show PLAN`: a saved plan, in any format, read a change at a time.
+fn show_plan(path: &std::path::Path, args: &PlanArgs) -> recon::Result<u8> {
+    let plan = recon::plan_file::Plan::open(path)?;
+    let limit = args.limit.or(args.format.default_limit());
+    let mut changeset = plan.shell();
+    let mut stream = match args.format.streams() {
+        true => Some(report::Stream::new(
+            args.format,
+            args.output.as_deref(),
+            limit,
+        )?),
+        false => None,
+    };
+    let mut listed = Vec::new();
+    for change in plan.changes()? {
+        if stream.is_none() && limit.is_some_and(|n| listed.len() >= n) {
+            break;
+        }
+        list(&mut stream, &mut listed, limit, &changeset, change?)?;
+    }
+    changeset.changes = listed;
+    match stream {
+        Some(out) => out.finish(&changeset)?,
+        None => {
+            let mut text = format!(
+                "plan of job `{}`, computed {} ({})\n",
+                plan.header.job, plan.header.created_at, plan.trailer.digest
+            );
+            text.push_str(&report::render(&changeset, args.format));
+            report::emit(&text, args.output.as_deref())?
+        }
+    }
+    Ok(if args.exit_code && changeset.summary.changes() > 0 {
+        EXIT_DRIFT
+    } else {
+        0
+    })
+}
+
+/// A line for people on stderr.
+#[allow(clippy::print_stderr)]
+fn note(text: &str) {
+    eprintln!("{text}");
 }
 
 async fn apply(args: ApplyArgs, progress: Progress) -> recon::Result<u8> {
@@ -114,7 +220,12 @@ async fn apply(args: ApplyArgs, progress: Progress) -> recon::Result<u8> {
             args.limit.or(args.format.default_limit())
         },
     };
-    let report = recon::apply(&job, &options, &progress).await?;
+    let report = match &args.plan {
+        Some(plan) => {
+            recon::reviewed::apply_plan(&job, plan, args.max_age, &options, &progress).await?
+        }
+        None => recon::apply(&job, &options, &progress).await?,
+    };
     if args.format.streams() {
         report::write_apply(&report, args.format, args.output.as_deref(), args.limit)?;
     } else {

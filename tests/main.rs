@@ -18,5 +18,6 @@ mod mappings;
 mod mariadb;
 mod postgres;
 mod properties;
+mod reviewed;
 mod secrets;
 mod sqlite;

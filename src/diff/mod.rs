@@ -77,12 +77,7 @@ pub async fn changeset_with(
     smaller_destination: bool,
     mut sink: Option<&mut ChangeSink<'_>>,
 ) -> Result<Changeset> {
-    let mut resolved = resolve_registered(ctx, job).await?;
-    let storage = stored::destination(job).await?;
-    for m in resolved.keys.iter_mut().chain(resolved.compared.iter_mut()) {
-        m.storage = storage.get(&m.destination).copied().unwrap_or_default();
-    }
-    apply_options(job, &mut resolved)?;
+    let resolved = prepare(ctx, job).await?;
     let shell = Changeset {
         job: job.name.clone(),
         key_columns: resolved.key_names(),
@@ -96,8 +91,9 @@ pub async fn changeset_with(
         changes: Vec::new(),
         cursor_max: None,
     };
-    // Only a listing in order needs the diff sorted (see queries/diff.sql).
-    let ordered = !cells && limit != Some(0);
+    // Only a listing in order needs the diff sorted (see queries/diff.sql): not `--limit 0`,
+    // and not an apply's writeback (cells, every change, no listing).
+    let ordered = limit != Some(0) && !(cells && limit.is_none());
     register_view(ctx, Side::Source, &resolved).await?;
     register_view(ctx, Side::Destination, &resolved).await?;
     let passes = if job.diff_query.is_some() {
@@ -233,6 +229,26 @@ pub async fn changeset_with(
         cursor_max,
         ..shell
     })
+}
+
+/// The mapping resolved against the registered snapshots, with each destination column's
+/// storage and `[compare.options]`.
+async fn prepare(ctx: &SessionContext, job: &Job) -> Result<Resolved> {
+    let mut resolved = resolve_registered(ctx, job).await?;
+    let storage = stored::destination(job).await?;
+    for m in resolved.keys.iter_mut().chain(resolved.compared.iter_mut()) {
+        m.storage = storage.get(&m.destination).copied().unwrap_or_default();
+    }
+    apply_options(job, &mut resolved)?;
+    Ok(resolved)
+}
+
+/// Register the destination's view `d_all` — its key as compared (`k0…`) and its compared
+/// columns as it holds them (`o0…`) — for reading destination rows by key (reviewed plans).
+pub async fn destination_view(ctx: &SessionContext, job: &Job) -> Result<Resolved> {
+    let resolved = prepare(ctx, job).await?;
+    register_view(ctx, Side::Destination, &resolved).await?;
+    Ok(resolved)
 }
 
 /// Split both sides into `passes` buckets (src/diff/bucket.rs), side by side; the folders of

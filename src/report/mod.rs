@@ -68,7 +68,7 @@ pub fn emit(text: &str, output: Option<&Path>) -> Result<()> {
 
 /// The temporary file beside `path` that a report is written to before it is renamed into
 /// place; a `path` that is a folder is refused.
-fn temporary(path: &Path) -> Result<std::path::PathBuf> {
+pub(crate) fn temporary(path: &Path) -> Result<std::path::PathBuf> {
     if path.is_dir() {
         return Err(Error::Write {
             path: path.to_path_buf(),
@@ -86,7 +86,7 @@ fn temporary(path: &Path) -> Result<std::path::PathBuf> {
 }
 
 /// A new file readable by its owner only (0600, whatever the umask): reports hold row data.
-fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+pub(crate) fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -385,6 +385,8 @@ pub fn write_apply(
                 ("applied", json!(report.applied)),
                 ("failed", json!(report.failed.len())),
                 ("failed_rows", Value::Array(failed.collect())),
+                ("stale", json!(report.stale)),
+                ("already_written", json!(report.already_written)),
             ],
             "",
         ),
@@ -435,8 +437,12 @@ fn applied_line(report: &crate::apply::ApplyReport) -> String {
             report.changeset.summary.delete
         )
     };
+    let plan = match (report.stale, report.already_written) {
+        (0, 0) => String::new(),
+        (stale, done) => format!(" (of them {stale} stale); {done} already written"),
+    };
     format!(
-        "applied: {} inserted, {} updated, {} deleted{skipped}; {} failed\n",
+        "applied: {} inserted, {} updated, {} deleted{skipped}; {} failed{plan}\n",
         a.insert,
         a.update,
         a.delete,

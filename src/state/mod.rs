@@ -393,6 +393,22 @@ impl State {
         .map_err(store_error(&self.path))
     }
 
+    /// The run that applied the reviewed plan with this digest, if one did.
+    pub async fn plan_applied(&mut self, digest: &str) -> Result<Option<i64>> {
+        let job = self.job.clone();
+        let pattern = format!("plan {digest};%");
+        on_store!(&mut self.store, conn => {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT id FROM runs WHERE job = $1 AND command = 'apply --plan' AND message LIKE $2 ORDER BY id LIMIT 1",
+            )
+            .bind(job)
+            .bind(pattern)
+            .fetch_optional(&mut *conn)
+            .await
+        })
+        .map_err(store_error(&self.path))
+    }
+
     /// The rows that failed in the job's last apply.
     pub async fn failed_rows(&mut self) -> Result<Vec<FailedRow>> {
         let job = self.job.clone();
