@@ -49,6 +49,7 @@ pub async fn apply(job: &Job, options: &ApplyOptions, progress: &Progress) -> Re
     let _lock = Lock::acquire(job)?;
     let mut state = State::open(job).await?;
     state.lock_shared().await?;
+    state.check_writable().await?;
     let started_at = now();
     let saved = state.get().await?;
     let read = crate::source_read(job, saved.clone())?;
@@ -93,6 +94,7 @@ pub async fn apply(job: &Job, options: &ApplyOptions, progress: &Progress) -> Re
         }
     };
     pause_point("before-state");
+    crate::failpoint::hit("before-state");
     let previous = state.failing().await?;
     let failed: Vec<FailedRow> = outcome
         .failed

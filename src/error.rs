@@ -210,6 +210,7 @@ impl Error {
                 file.display()
             ),
             Error::Writeback { .. } => "rows written before the failure are kept; the next run's diff finds the rest".into(),
+            Error::State { source, .. } => return state_hint(&source.to_string()),
             Error::Plan { .. } => "nothing was written; compute and review a new plan with `recon plan JOB.toml --save PLAN`".into(),
             Error::Http { side, .. } => format!(
                 "check the [{side}] url and `[{side}.http]` (records, paging, headers); `recon check JOB.toml` reads a first page; rows written before a failure are kept and the next run's diff finds the rest"
@@ -218,6 +219,26 @@ impl Error {
             _ => return None,
         })
     }
+}
+
+/// What to do about a state store failure, from the store's own message. The store is never
+/// re-created behind the user's back: that would forget failed rows and the watermark.
+fn state_hint(message: &str) -> Option<String> {
+    let m = message.to_ascii_lowercase();
+    Some(if m.contains("malformed") || m.contains("not a database") {
+        "the state store file is damaged; recon does not re-create it (that would forget failed rows and the watermark): restore it from a backup, or move it aside to start over (`mv state.db state.db.broken`)".into()
+    } else if m.contains("previously applied but is missing") {
+        "the state store was written by a newer version of recon; run that version or a newer one"
+            .into()
+    } else if m.contains("locked") {
+        "another process holds the state store's write lock (a long run, or a tool with the file open); run again when it is done".into()
+    } else if m.contains("readonly") || m.contains("read-only") || m.contains("permission") {
+        "the state store or its folder is read-only for this user; recon records every run there: make both writable, or point `[state] url` elsewhere".into()
+    } else if m.contains("disk is full") || m.contains("no space") {
+        "the disk holding the state store is full; nothing of this run was recorded (the next run's diff finds what is left): free space and run again".into()
+    } else {
+        return None;
+    })
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -28,6 +28,7 @@ pub mod connect;
 pub mod diff;
 pub mod engine;
 pub mod error;
+pub mod failpoint;
 pub mod http;
 pub mod init;
 pub mod plan_file;
@@ -128,6 +129,7 @@ pub async fn diff_snapshots(
 ) -> Result<Changeset> {
     let ctx = engine::session(job)?;
     connect::register_both(&ctx, job, None, progress, Some(read)).await?;
+    failpoint::hit("after-read");
     let work = engine::work_dir(&ctx)?;
     let sizes = [&job.source, &job.destination].map(|e| match &e.location {
         config::Location::File(path, _) => engine::size_of(path),

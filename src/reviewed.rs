@@ -103,6 +103,7 @@ pub async fn apply_plan(
     let _lock = Lock::acquire(job)?;
     let mut state = State::open(job).await?;
     state.lock_shared().await?;
+    state.check_writable().await?;
     admit(job, &plan, max_age, &mut state).await?;
     let started_at = now();
     let shell = plan.shell();
@@ -149,9 +150,11 @@ pub async fn apply_plan(
     }
     let mut changeset = shell.clone();
     changeset.changes = spool.close()?;
+    crate::failpoint::hit("mid-plan");
     pause_point("before-write");
     let outcome = writeback::write(job, &shell, &spool, job.write.deletes, progress).await?;
     pause_point("before-state");
+    crate::failpoint::hit("before-state");
     let previous = state.failing().await?;
     let failed: Vec<FailedRow> = outcome
         .failed

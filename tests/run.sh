@@ -16,3 +16,7 @@ start_pocketbase
 install_graphql
 
 cargo test --all-targets "$@"
+# The crash soak again with the crash points compiled in (a reduced run; tests/soak.sh runs 50).
+if [ $# -eq 0 ]; then
+  RECON_SOAK_KILLS=12 cargo test --features failpoints --test main soak
+fi

@@ -341,6 +341,7 @@ impl State {
                     .execute(&mut *tx)
                     .await?;
                 }
+                crate::failpoint::hit("in-state-commit");
                 tx.commit().await?;
                 Ok(id)
             }
@@ -391,6 +392,20 @@ impl State {
             })
         })
         .map_err(store_error(&self.path))
+    }
+
+    /// Fail now, before anything is written to the destination, when this run could not record
+    /// itself: the store is read-only, or another process holds its write lock (past the busy
+    /// timeout). A SQLite store takes and releases its write lock; PostgreSQL needs nothing.
+    pub async fn check_writable(&mut self) -> Result<()> {
+        let Store::Sqlite(conn) = &mut self.store else {
+            return Ok(());
+        };
+        sqlx::raw_sql("BEGIN IMMEDIATE; ROLLBACK;")
+            .execute(&mut *conn)
+            .await
+            .map(|_| ())
+            .map_err(store_error(&self.path))
     }
 
     /// The run that applied the reviewed plan with this digest, if one did.

@@ -16,7 +16,14 @@ pub(super) async fn open_sqlite(path: &Path) -> Result<SqliteConnection> {
     if let Some(dir) = path.parent() {
         create_private_dir(dir)?;
     }
-    create_private(path)?;
+    // A file that cannot be opened for writing is the store's problem, with the store's hint.
+    create_private(path).map_err(|e| match e {
+        Error::Io { source, .. } => Error::State {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        },
+        other => other,
+    })?;
     let mut conn = SqliteConnectOptions::new()
         .filename(path)
         .journal_mode(SqliteJournalMode::Wal)

@@ -54,6 +54,7 @@ pub async fn write(
             for (change, result) in results {
                 counter.add(1);
                 super::pause_point("after-request");
+                crate::failpoint::hit("mid-http-write");
                 let error = match result {
                     Ok(()) => {
                         outcome.applied.add(action, 1);

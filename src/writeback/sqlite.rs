@@ -184,7 +184,10 @@ impl Writer {
             Err(e) => Err(classify(&what, e)),
         };
         match checked {
-            Ok(()) => tx.commit().await.map_err(|e| classify(&what, e)),
+            Ok(()) => {
+                crate::failpoint::hit("mid-batch");
+                tx.commit().await.map_err(|e| classify(&what, e))
+            }
             Err(e) => {
                 let _ = tx.rollback().await;
                 Err(e)
