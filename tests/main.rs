@@ -17,6 +17,7 @@ mod http_faults;
 mod incremental;
 mod mappings;
 mod mariadb;
+mod network;
 mod postgres;
 mod properties;
 mod reviewed;

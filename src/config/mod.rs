@@ -84,7 +84,14 @@ pub struct EngineOptions {
     pub memory_limit: Option<u64>,
     /// Folder for staged snapshots and spill files; `None` means the system temp dir.
     pub spill_dir: Option<PathBuf>,
+    /// `io_timeout`: longest wait for a database to connect, send the next part of a snapshot or
+    /// answer a write; `None` means [`DEFAULT_IO_TIMEOUT`].
+    pub io_timeout: Option<std::time::Duration>,
 }
+
+/// How long a run waits on a silent database before it stops with an error (a stalled network
+/// must never hang a nightly run): long enough for a slow statement on a big table.
+pub const DEFAULT_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// A pair of column names, one per side.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +113,8 @@ pub struct Endpoint {
     pub cursor: Option<Cursor>,
     /// `[side.http]`: how an `http(s)://` side is listed and written (always set for one).
     pub http: Option<HttpOptions>,
+    /// `[engine] io_timeout`, for this side's database connections.
+    pub io_timeout: std::time::Duration,
 }
 
 /// Incremental mode: read the source from `column >= watermark - lag`.

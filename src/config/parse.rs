@@ -28,7 +28,7 @@ const TOP_KEYS: &[&str] = &[
     "diff_query",
     "engine",
 ];
-const ENGINE_KEYS: &[&str] = &["memory_limit", "spill_dir"];
+const ENGINE_KEYS: &[&str] = &["memory_limit", "spill_dir", "io_timeout"];
 const COMPARE_OPTION_KEYS: &[&str] = &[
     "tolerance",
     "relative",
@@ -128,11 +128,19 @@ impl Walker<'_> {
                 .file_stem()
                 .map_or("job".into(), |s| s.to_string_lossy().into_owned())
         });
+        let io_timeout = engine
+            .as_ref()
+            .and_then(|e| e.io_timeout)
+            .unwrap_or(super::DEFAULT_IO_TIMEOUT);
+        let with_timeout = |mut e: Endpoint| {
+            e.io_timeout = io_timeout;
+            e
+        };
         Some(Job {
             name,
             file: self.file.clone(),
-            source: source?,
-            destination: destination?,
+            source: source.map(with_timeout)?,
+            destination: destination.map(with_timeout)?,
             keys: keys?,
             compare,
             write: write?,
@@ -256,6 +264,7 @@ impl Walker<'_> {
             id,
             cursor,
             http,
+            io_timeout: super::DEFAULT_IO_TIMEOUT,
         })
     }
 
@@ -587,6 +596,15 @@ impl Walker<'_> {
         out.spill_dir = self
             .string(table, "spill_dir", "engine.")
             .map(|(v, _)| self.resolve(&v));
+        if let Some((text, at)) = self.string(table, "io_timeout", "engine.") {
+            out.io_timeout = super::values::seconds(&text);
+            if out.io_timeout.is_none() {
+                self.problem(
+                    at,
+                    "`engine.io_timeout` must be a duration like \"60s\", \"10m\" or \"1h\"",
+                );
+            }
+        }
         (self.problems.len() == before).then_some(out)
     }
 

@@ -35,6 +35,21 @@ pub(super) fn parse_lag(v: &Value) -> Option<Lag> {
     }
 }
 
+/// `"90s"`, `"10m"`, `"1h"` (above zero).
+pub(super) fn seconds(text: &str) -> Option<std::time::Duration> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let unit = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return None,
+    };
+    (n > 0).then(|| std::time::Duration::from_secs(n * unit))
+}
+
 pub(super) fn positive_integer(v: &Value) -> Option<u64> {
     match v.get_ref() {
         DeValue::Integer(i) => u64::from_str_radix(i.as_str(), i.radix())

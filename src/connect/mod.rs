@@ -294,11 +294,30 @@ pub(crate) fn state_params(
     }
 }
 
+/// Await a driver call for at most `limit`: past it, sqlx's own I/O error "timed out", so each
+/// caller reports it as it reports a lost connection, naming the side.
+pub(crate) async fn within<T>(
+    limit: std::time::Duration,
+    call: impl std::future::Future<Output = std::result::Result<T, sqlx::Error>>,
+) -> std::result::Result<T, sqlx::Error> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result,
+        Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "no answer within {}s (`[engine] io_timeout`): the server or the network stalled",
+                limit.as_secs()
+            ),
+        ))),
+    }
+}
+
 /// Cut a row stream into record batches of [`BATCH_ROWS`], counting rows as they come, and
 /// stage each; always at least one batch (empty when there are no rows), so the column names and
 /// types are known.
 pub(crate) async fn batched<R, S, E>(
     mut rows: S,
+    io_timeout: std::time::Duration,
     counter: &RowCounter,
     read_error: impl Fn(sqlx::Error) -> Error,
     to_batch: impl Fn(&[R]) -> std::result::Result<RecordBatch, E>,
@@ -311,7 +330,9 @@ where
     use futures::TryStreamExt;
     let mut chunk = Vec::with_capacity(BATCH_ROWS);
     loop {
-        let row = rows.try_next().await.map_err(&read_error)?;
+        let row = within(io_timeout, rows.try_next())
+            .await
+            .map_err(&read_error)?;
         let end = row.is_none();
         chunk.extend(row);
         if chunk.len() == BATCH_ROWS || end {

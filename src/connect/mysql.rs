@@ -92,7 +92,9 @@ pub async fn snapshot(
         source,
     };
     let options: MySqlConnectOptions = url.parse().map_err(connect_error)?;
-    let mut conn: MySqlConnection = options.connect().await.map_err(connect_error)?;
+    let mut conn: MySqlConnection = super::within(endpoint.io_timeout, options.connect())
+        .await
+        .map_err(connect_error)?;
     let window = read.and_then(|r| r.window.as_ref());
     let (mut select, params) =
         super::state_params(&endpoint.relation, read, ParamStyle::Positional);
@@ -147,6 +149,7 @@ pub async fn snapshot(
     }
     super::batched(
         query.fetch(&mut conn),
+        endpoint.io_timeout,
         counter,
         |e| read_error(side, format!("reading `{select}`"), e),
         |rows| to_batch(&names, &kinds, rows),

@@ -58,9 +58,8 @@ pub async fn connect(endpoint: &Endpoint, url: &str) -> Result<PgConnection> {
         source,
     };
     let options = pg_options(url).map_err(connect_error)?;
-    options
-        .application_name("recon")
-        .connect()
+    let options = options.application_name("recon");
+    super::within(endpoint.io_timeout, options.connect())
         .await
         .map_err(connect_error)
 }
@@ -160,7 +159,12 @@ pub async fn snapshot(
         .map_err(|e| read_error(side, format!("starting `{copy}`"), e))?;
     // Read to the end even after a decode error, so the connection leaves COPY mode cleanly.
     let mut failure = None;
-    while let Some(chunk) = stream.next().await {
+    while let Some(chunk) = super::within(endpoint.io_timeout, async {
+        Ok::<_, sqlx::Error>(stream.next().await)
+    })
+    .await
+    .map_err(|e| read_error(side, "reading the COPY stream", e))?
+    {
         let chunk = chunk.map_err(|e| read_error(side, "reading the COPY stream", e))?;
         if failure.is_some() {
             continue;

@@ -112,6 +112,7 @@ pub async fn snapshot(
     let read_error = |e| read_error(side, format!("reading `{select}`"), e);
     super::batched(
         query.fetch(&mut conn),
+        endpoint.io_timeout,
         counter,
         &read_error,
         |rows| to_batch(&names, &declared, rows),

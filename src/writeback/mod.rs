@@ -63,6 +63,8 @@ pub struct Outcome {
 #[derive(Debug, Clone)]
 pub struct Target {
     pub table: String,
+    /// `[engine] io_timeout`: longest wait for one batch's answer.
+    pub io_timeout: std::time::Duration,
     pub keys: Vec<String>,
     pub compared: Vec<String>,
 }
@@ -254,6 +256,7 @@ pub fn target(job: &Job, changeset: &Changeset) -> Result<Target> {
     };
     Ok(Target {
         table,
+        io_timeout: job.destination.io_timeout,
         keys: changeset.key_columns.clone(),
         compared: changeset.compared_columns.clone(),
     })
@@ -475,7 +478,20 @@ async fn isolate(
             columns: op.columns,
             rows,
         };
-        match writer.write(target, &part).await {
+        let answer = tokio::time::timeout(target.io_timeout, writer.write(target, &part)).await;
+        let Ok(answer) = answer else {
+            return Err(Error::Writeback {
+                what: part.what(target),
+                source: Box::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "no answer within {}s (`[engine] io_timeout`): the server or the network stalled",
+                        target.io_timeout.as_secs()
+                    ),
+                )),
+            });
+        };
+        match answer {
             Ok(()) => outcome.applied.add(op.action, rows.len() as u64),
             Err(WriteError::Rejected(error)) if rows.len() == 1 => {
                 outcome.failed.push(fail(rows[0], error))

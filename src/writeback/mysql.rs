@@ -42,7 +42,9 @@ impl Writer {
             source,
         };
         let options: MySqlConnectOptions = url.parse().map_err(connect_error)?;
-        let mut conn = options.connect().await.map_err(connect_error)?;
+        let mut conn = crate::connect::within(endpoint.io_timeout, options.connect())
+            .await
+            .map_err(connect_error)?;
         let preparing = |e: sqlx::Error| Error::Writeback {
             what: format!("preparing to write `{}`", target.table),
             source: Box::new(e),

@@ -77,9 +77,8 @@ impl Writer {
             source,
         };
         let options = crate::connect::pg_options(url).map_err(connect_error)?;
-        let mut conn = options
-            .application_name("recon")
-            .connect()
+        let options = options.application_name("recon");
+        let mut conn = crate::connect::within(endpoint.io_timeout, options.connect())
             .await
             .map_err(connect_error)?;
         let table = resolve_table(&mut conn, &target.table).await?;

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
 pub mod scripted;
 
 use std::path::{Path, PathBuf};
