@@ -29,6 +29,8 @@ pub mod diff;
 pub mod engine;
 pub mod error;
 pub mod failpoint;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod init;
 pub mod plan_file;

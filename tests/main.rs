@@ -11,6 +11,7 @@ mod convergence;
 mod engine;
 mod fidelity;
 mod files;
+mod fuzz_corpus;
 mod hostile;
 mod http;
 mod http_faults;

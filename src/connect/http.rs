@@ -284,7 +284,11 @@ fn watermark(read: Option<&SourceRead>, options: &crate::config::HttpOptions) ->
     })
 }
 
-fn column_names(schema: &[(String, Field)], wanted: &[String], records: &[Value]) -> Vec<String> {
+pub(crate) fn column_names(
+    schema: &[(String, Field)],
+    wanted: &[String],
+    records: &[Value],
+) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     let mut add = |n: &str| {
         if !names.iter().any(|x| x == n) {
@@ -302,7 +306,7 @@ fn column_names(schema: &[(String, Field)], wanted: &[String], records: &[Value]
 }
 
 /// One page's records as a batch of `names`.
-fn records_batch(
+pub(crate) fn records_batch(
     records: &[Value],
     names: &[String],
     schema: &[(String, Field)],

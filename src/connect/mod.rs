@@ -4,10 +4,10 @@
 //! scanned in place. Both sides are read at the same time.
 
 mod files;
-mod http;
+pub(crate) mod http;
 mod index;
 mod mysql;
-mod pgbinary;
+pub(crate) mod pgbinary;
 mod postgres;
 
 /// A connection to a PostgreSQL side (for catalog lookups).

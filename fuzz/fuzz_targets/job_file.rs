@@ -1,0 +1,5 @@
+#![no_main]
+// See src/fuzzing.rs for what the input means.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = recon::fuzzing::job_file(data);
+});
