@@ -25,3 +25,4 @@ mod reviewed;
 mod secrets;
 mod soak;
 mod sqlite;
+mod text_matrix;

@@ -181,8 +181,8 @@ async fn under_umask_000_state_locks_and_reports_stay_private() {
     let status = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "umask 000 && exec {} apply job.toml -o report.txt",
-            env!("CARGO_BIN_EXE_recon")
+            "umask 000 && {r} plan job.toml --save p.plan -o plan.txt && {r} audit job.toml -f html -o audit.html && exec {r} apply job.toml -o report.txt",
+            r = env!("CARGO_BIN_EXE_recon")
         ))
         .current_dir(f.dir.path())
         .status()
@@ -193,6 +193,15 @@ async fn under_umask_000_state_locks_and_reports_stay_private() {
     assert_eq!(mode(".recon/job.lock"), 0o600);
     assert_eq!(mode(".recon/state.db"), 0o600);
     assert_eq!(mode("report.txt"), 0o600);
+    // Plan files and every report, too; the store's sidecar files when they exist.
+    assert_eq!(mode("p.plan"), 0o600);
+    assert_eq!(mode("plan.txt"), 0o600);
+    assert_eq!(mode("audit.html"), 0o600);
+    for sidecar in [".recon/state.db-wal", ".recon/state.db-shm"] {
+        if f.path(sidecar).exists() {
+            assert_eq!(mode(sidecar), 0o600, "{sidecar}");
+        }
+    }
 }
 
 #[test]
