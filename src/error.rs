@@ -234,8 +234,8 @@ fn state_hint(message: &str) -> Option<String> {
         "another process holds the state store's write lock (a long run, or a tool with the file open); run again when it is done".into()
     } else if m.contains("readonly") || m.contains("read-only") || m.contains("permission") {
         "the state store or its folder is read-only for this user; recon records every run there: make both writable, or point `[state] url` elsewhere".into()
-    } else if m.contains("disk is full") || m.contains("no space") {
-        "the disk holding the state store is full; nothing of this run was recorded (the next run's diff finds what is left): free space and run again".into()
+    } else if m.contains("disk is full") || m.contains("no space") || m.contains("disk i/o error") {
+        "the disk holding the state store is full (or failing); nothing of this run was recorded, and the next run's diff finds whatever was not written: free space and run again".into()
     } else {
         return None;
     })

@@ -415,3 +415,209 @@ async fn a_canary_password_never_reaches_plans_reports_logs_or_state() {
     }
     assert_eq!(pg_count(&base, "SELECT count(*) FROM d").await, 2);
 }
+
+#[tokio::test]
+async fn nul_bytes_and_text_that_is_not_utf8_are_named_never_altered() {
+    let pg = postgres("nul", "CREATE TABLE d (k int PRIMARY KEY, t text);").await;
+    let f = Folder::new();
+    let db = f
+        .sqlite(
+            "s.db",
+            "CREATE TABLE s (k INTEGER PRIMARY KEY, t TEXT);
+             INSERT INTO s VALUES (1, 'ok'), (2, 'nul' || char(0) || 'byte'), (3, CAST(x'66ff6f' AS TEXT));",
+        )
+        .await;
+    f.write(
+        "job.toml",
+        &format!("[source]\nurl = \"sqlite://{}\"\ntable = \"s\"\n[destination]\nurl = \"{pg}\"\ntable = \"d\"\n[match]\nk = \"k\"\n", db.display()),
+    );
+    // Text that is not UTF-8 stops the read, naming the column, the byte and the row.
+    let (code, _, err) = recon(&["apply", "job.toml"], f.dir.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("column `t` holds text that is not UTF-8 (byte 0xff at 1, in the row whose `k` is \"3\")"), "{err}");
+    assert_eq!(pg_count(&pg, "SELECT count(*) FROM d").await, 0);
+    // A NUL character fails its row alone, with the reason; the rest is written.
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
+        "sqlite://{}",
+        db.display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query("DELETE FROM s WHERE k = 3")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let (code, out, err) = recon(&["apply", "job.toml", "-f", "json"], f.dir.path());
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        json(&out)["failed_rows"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("NUL character"),
+        "{out}"
+    );
+    assert_eq!(pg_count(&pg, "SELECT count(*) FROM d").await, 1);
+    // Fixed at the source: converges.
+    sqlx::query("UPDATE s SET t = 'nulbyte' WHERE k = 2")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(recon(&["apply", "job.toml"], f.dir.path()).0, 0);
+    assert_plan_empty(f.dir.path(), "job.toml");
+}
+
+#[tokio::test]
+async fn time_zones_set_differently_on_client_and_servers_change_nothing() {
+    let rows = "(1, '2024-03-10 02:30:00', '2024-03-10 02:30:00+00'), (2, '2024-10-27 02:30:00', '2024-10-27 01:30:00+00'),
+                (3, '0001-01-01 00:00:00', '0001-01-01 00:00:00+00'), (4, 'infinity', '-infinity')";
+    let src = postgres(
+        "tz_source",
+        &format!("CREATE TABLE s (k int PRIMARY KEY, ts timestamp, tz timestamptz); SET TimeZone = 'UTC'; INSERT INTO s VALUES {rows};"),
+    )
+    .await;
+    let dst = postgres(
+        "tz_destination",
+        "CREATE TABLE d (k int PRIMARY KEY, ts timestamp, tz timestamptz);",
+    )
+    .await;
+    let db = |url: &str| url.rsplit('/').next().unwrap().to_string();
+    pg_exec(
+        &src,
+        &format!(
+            "ALTER DATABASE {} SET timezone = 'Pacific/Kiritimati'",
+            db(&src)
+        ),
+    )
+    .await;
+    pg_exec(
+        &dst,
+        &format!(
+            "ALTER DATABASE {} SET timezone = 'America/St_Johns'",
+            db(&dst)
+        ),
+    )
+    .await;
+    let f = Folder::new();
+    f.write(
+        "job.toml",
+        &format!("[source]\nurl = \"{src}\"\ntable = \"s\"\n[destination]\nurl = \"{dst}\"\ntable = \"d\"\n[match]\nk = \"k\"\n"),
+    );
+    let env = [("TZ", "Asia/Kathmandu")];
+    let (code, out, err) = recon_env(&["apply", "job.toml"], f.dir.path(), &env);
+    assert_eq!(code, 0, "{out}{err}");
+    let read = |url: String, table: &'static str| async move {
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+            .await
+            .unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe("SET TimeZone = 'UTC'"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let q = format!(
+            "SELECT string_agg(k || '|' || ts::text || '|' || tz::text, ';' ORDER BY k) FROM {table}"
+        );
+        sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(q))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    };
+    assert_eq!(read(dst.clone(), "d").await, read(src.clone(), "s").await);
+    let (code, out, err) = recon_env(&["plan", "job.toml", "--exit-code"], f.dir.path(), &env);
+    assert_eq!(code, 0, "not converged: {out}{err}");
+}
+
+#[tokio::test]
+async fn a_full_disk_under_the_state_store_loses_nothing() {
+    let f = Folder::new();
+    orders(&f);
+    // The state store on a 512 KB tmpfs (tests/run.sh runs as root, or with passwordless sudo).
+    let disk = f.path("small-disk");
+    std::fs::create_dir(&disk).unwrap();
+    let mount = |args: &[&str]| -> bool {
+        std::process::Command::new(args[0])
+            .args(&args[1..])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let target = disk.display().to_string();
+    let mounted = mount(&["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", &target])
+        || mount(&[
+            "sudo",
+            "-n",
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=512k",
+            "tmpfs",
+            &target,
+        ]);
+    assert!(mounted, "mounting a tmpfs needs root or passwordless sudo");
+    // Unmounted however the test ends.
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let done = std::process::Command::new("umount")
+                .arg(&self.0)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !done {
+                let _ = std::process::Command::new("sudo")
+                    .args(["-n", "umount", &self.0])
+                    .status();
+            }
+        }
+    }
+    let _unmount = Unmount(target.clone());
+    let job = std::fs::read_to_string(f.path("orders.toml")).unwrap();
+    f.write(
+        "orders.toml",
+        &format!("{job}\n[state]\nurl = \"small-disk/state.db\"\n"),
+    );
+    let (code, _, err) = recon(&["apply", "orders.toml", "--limit", "0"], f.dir.path());
+    assert_eq!(code, 0, "{err}");
+    // Fill the disk, and give the next run something to write.
+    let filler = disk.join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 4 << 20]);
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
+        "sqlite://{}",
+        f.path("app.db").display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query("UPDATE destination_order SET total_price = 1")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let (code, _, err) = recon(&["apply", "orders.toml"], f.dir.path());
+    let _ = std::fs::remove_file(&filler);
+    let freed = code;
+    assert_eq!(freed, 1, "{err}");
+    assert!(
+        err.contains("disk holding the state store is full"),
+        "{err}"
+    );
+    // Space again: the next run converges and the store is whole.
+    let (code, _, err) = recon(&["apply", "orders.toml"], f.dir.path());
+    assert_eq!(code, 0, "{err}");
+    let state = disk.join("state.db");
+    let mut store = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
+        "sqlite://{}",
+        state.display()
+    ))
+    .await
+    .unwrap();
+    let check: String = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_one(&mut store)
+        .await
+        .unwrap();
+    assert_eq!(check, "ok");
+    drop(store);
+    // Every source row written again (Z-9 is not in the source; deletes are off).
+    let rows = sqlite_text(
+        &f.path("app.db"),
+        "SELECT CAST(count(*) AS TEXT) FROM destination_order WHERE total_price = 1 AND code <> 'Z-9'",
+    )
+    .await;
+    assert_eq!(rows, vec![Some("0".into())]);
+}

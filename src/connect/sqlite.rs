@@ -241,6 +241,24 @@ fn text_of(row: &SqliteRow, i: usize) -> std::result::Result<String, sqlx::Error
     Ok(match value.type_info().name() {
         "INTEGER" | "BOOLEAN" => row.try_get_unchecked::<i64, _>(i)?.to_string(),
         "REAL" => row.try_get_unchecked::<f64, _>(i)?.to_string(),
-        _ => row.try_get_unchecked::<String, _>(i)?,
+        _ => {
+            let bytes = row.try_get_unchecked::<Vec<u8>, _>(i)?;
+            String::from_utf8(bytes).map_err(|e| {
+                let at = e.utf8_error().valid_up_to();
+                let first = row
+                    .try_get_unchecked::<String, _>(0)
+                    .or_else(|_| row.try_get_unchecked::<i64, _>(0).map(|n| n.to_string()))
+                    .unwrap_or_default();
+                sqlx::Error::Decode(
+                    format!(
+                        "column `{}` holds text that is not UTF-8 (byte 0x{:02x} at {at}, in the row whose `{}` is {first:?}); SQLite stores what it is given: convert that text to UTF-8, or store it as a BLOB",
+                        row.columns()[i].name(),
+                        e.as_bytes()[at],
+                        row.columns()[0].name()
+                    )
+                    .into(),
+                )
+            })?
+        }
     })
 }

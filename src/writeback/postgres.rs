@@ -176,6 +176,13 @@ impl Writer {
                     "{f} into `{column}` (numeric): PostgreSQL would store it, but no exact number stands for it, so recon refuses to write it; filter it in the source `query` or use a float column"
                 ));
             }
+            if let Cell::Text(t) = cell
+                && t.contains('\0')
+            {
+                return Some(format!(
+                    "the value for `{column}` holds a NUL character (U+0000), which PostgreSQL text cannot store; remove it in the source (or its `query`), or use a bytea column"
+                ));
+            }
         }
         None
     }
