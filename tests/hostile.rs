@@ -621,3 +621,109 @@ async fn a_full_disk_under_the_state_store_loses_nothing() {
     .await;
     assert_eq!(rows, vec![Some("0".into())]);
 }
+
+#[tokio::test]
+async fn mariadb_identifiers_that_try_sql_injection_are_quoted() {
+    const TABLE: &str = "o`; DROP TABLE sentinel; --";
+    const COLUMN: &str = "qty'); DROP TABLE sentinel; --";
+    let q = |name: &str| format!("`{}`", name.replace('`', "``"));
+    let url = mariadb(
+        "injection",
+        &format!(
+            "CREATE TABLE sentinel (x int); INSERT INTO sentinel VALUES (1);
+             CREATE TABLE s (k int PRIMARY KEY, {c} int); INSERT INTO s VALUES (1, 1), (2, 2);
+             CREATE TABLE {t} (k int PRIMARY KEY, {c} int); INSERT INTO {t} VALUES (2, 20), (3, 3);",
+            t = q(TABLE),
+            c = q(COLUMN)
+        ),
+    )
+    .await;
+    let f = Folder::new();
+    f.write(
+        "job.toml",
+        &format!("[source]\nurl = \"{url}\"\ntable = \"s\"\n[destination]\nurl = \"{url}\"\ntable = '{TABLE}'\n[match]\nk = \"k\"\n[compare]\n\"{COLUMN}\" = \"{COLUMN}\"\n[write]\ndeletes = true\n"),
+    );
+    let (code, out, err) = recon(&["apply", "job.toml", "-f", "json"], f.dir.path());
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        json(&out)["applied"],
+        serde_json::json!({"insert": 1, "update": 1, "delete": 1})
+    );
+    assert_plan_empty(f.dir.path(), "job.toml");
+    let mut conn = <sqlx::MySqlConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM sentinel")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn tls_certificates_are_verified_even_on_loopback() {
+    let f = Folder::new();
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .args(["-keyout", "key.pem", "-out", "cert.pem"])
+        .current_dir(f.dir.path())
+        .output()
+        .expect("openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    // A self-signed HTTPS server that would answer with an empty listing.
+    let script = r#"
+import http.server, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b'{"items": []}'
+        self.send_response(200); self.send_header('Content-Length', str(len(body))); self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+s = http.server.HTTPServer(('127.0.0.1', 0), H)
+c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); c.load_cert_chain('cert.pem', 'key.pem')
+s.socket = c.wrap_socket(s.socket, server_side=True)
+print(s.server_address[1], flush=True)
+s.timeout = 30
+s.handle_request()
+"#;
+    let mut server = std::process::Command::new("python3")
+        .args(["-c", script])
+        .current_dir(f.dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut port = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut port,
+    )
+    .unwrap();
+    let port = port.trim().to_string();
+    f.sqlite(
+        "s.db",
+        "CREATE TABLE s (code TEXT PRIMARY KEY, qty INTEGER); INSERT INTO s VALUES ('A', 1);",
+    )
+    .await;
+    f.write(
+        "job.toml",
+        &format!("[source]\nurl = \"sqlite://s.db\"\ntable = \"s\"\n[destination]\nurl = \"https://127.0.0.1:{port}/items\"\nid = \"id\"\n[destination.http]\nrecords = \"/items\"\nretries = 0\n[match]\ncode = \"code\"\n"),
+    );
+    let (code, _, err) = recon(&["plan", "job.toml"], f.dir.path());
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+}

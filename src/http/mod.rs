@@ -296,8 +296,18 @@ impl Client {
         } else {
             "the connection failed".to_string()
         };
-        // reqwest's messages carry the url: show ours, redacted, and the cause's kind.
-        let message = format!("{what} (`{}`)", redact(url.as_str()));
+        // reqwest's own message carries the url: show ours, redacted, and the innermost cause
+        // (a refused connection, a certificate that does not verify), which carries none.
+        let mut cause = String::new();
+        let mut source = std::error::Error::source(&e);
+        while let Some(inner) = source {
+            cause = inner.to_string();
+            source = inner.source();
+        }
+        let message = match cause.is_empty() {
+            true => format!("{what} (`{}`)", redact(url.as_str())),
+            false => format!("{what} (`{}`): {}", redact(url.as_str()), redact(&cause)),
+        };
         if e.is_connect() {
             Attempt::NotSent(message)
         } else {
