@@ -15,7 +15,7 @@ use crate::report::Format;
     long_about = "recon pulls a source and a destination snapshot into Arrow, compares them with SQL in \
 DataFusion (a FULL OUTER JOIN on the mapped key, NULL-safe on every compared column) and reports \
 the rows to insert, update and delete.\n\nStart with `recon init demo && recon plan demo/orders.toml`.",
-    after_help = "Exit codes: 0 ok, 1 runtime failure or a guard refused, 2 usage error, 3 apply finished but some rows failed (recorded; retried next run), 4 changes found (with --exit-code), 75 another apply of the job holds the lock, 78 invalid job file (or its name belongs to another job file).\nData goes to stdout; logs and progress go to stderr."
+    after_help = "Exit codes: 0 ok, 1 runtime failure or a guard refused, 2 usage error, 3 apply finished but some rows failed (recorded; retried next run), 4 changes found (with --exit-code) or drift (audit --exit-code, --fail-above), 75 another apply of the job holds the lock, 78 invalid job file (or its name belongs to another job file).\nData goes to stdout; logs and progress go to stderr."
 )]
 pub struct Cli {
     #[command(subcommand)]
