@@ -228,3 +228,145 @@ async fn exact_numbers_and_far_timestamps_survive_postgres_and_mariadb_pairs() {
         }
     }
 }
+
+/// Floats on all nine database pairs: NaN, ±Infinity, -0, the largest and the smallest double.
+/// A value the destination cannot hold as it is fails its row with the reason; every other row
+/// reads back bit for bit. Never stored altered; the failed rows are the only drift left.
+#[tokio::test]
+async fn special_floats_are_kept_bit_for_bit_or_refused_on_every_pair() {
+    let values: Vec<(i64, f64)> = vec![
+        (1, f64::NAN),
+        (2, f64::INFINITY),
+        (3, f64::NEG_INFINITY),
+        (4, -0.0),
+        (5, f64::MAX),
+        (6, 5e-324),
+        (7, 0.1),
+    ];
+    let dbs = [Db::Postgres, Db::Mariadb, Db::Sqlite];
+    let f = Folder::new();
+    for source in dbs {
+        for destination in dbs {
+            let label = format!("float_{source:?}_{destination:?}").to_lowercase();
+            let ddl = |db: Db| match db {
+                Db::Postgres => {
+                    "CREATE TABLE s (k bigint PRIMARY KEY, x float8); CREATE TABLE d (k bigint PRIMARY KEY, x float8);"
+                }
+                Db::Mariadb => {
+                    "CREATE TABLE s (k bigint PRIMARY KEY, x double); CREATE TABLE d (k bigint PRIMARY KEY, x double);"
+                }
+                Db::Sqlite => {
+                    "CREATE TABLE s (k INTEGER PRIMARY KEY, x REAL); CREATE TABLE d (k INTEGER PRIMARY KEY, x REAL);"
+                }
+            };
+            let make = |db: Db, name: String| {
+                let f = &f;
+                async move {
+                    match db {
+                        Db::Postgres => postgres(&name, ddl(db)).await,
+                        Db::Mariadb => mariadb(&name, ddl(db)).await,
+                        Db::Sqlite => format!(
+                            "sqlite://{}",
+                            f.sqlite(&format!("{name}.db"), ddl(db)).await.display()
+                        ),
+                    }
+                }
+            };
+            let src = make(source, format!("{label}_s")).await;
+            let dst = make(destination, format!("{label}_d")).await;
+            // Each source holds what it can: the rest of the values are simply not in it.
+            for (k, x) in &values {
+                let _held = match source {
+                    Db::Postgres => {
+                        let mut c = sqlx::PgConnection::connect(&src).await.unwrap();
+                        sqlx::query("INSERT INTO s VALUES ($1, $2)")
+                            .bind(k)
+                            .bind(x)
+                            .execute(&mut c)
+                            .await
+                            .is_ok()
+                    }
+                    Db::Mariadb => {
+                        let mut c = sqlx::MySqlConnection::connect(&src).await.unwrap();
+                        sqlx::query("INSERT INTO s VALUES (?, ?)")
+                            .bind(k)
+                            .bind(x)
+                            .execute(&mut c)
+                            .await
+                            .is_ok()
+                    }
+                    Db::Sqlite => {
+                        let mut c = sqlx::SqliteConnection::connect(&src).await.unwrap();
+                        sqlx::query("INSERT INTO s VALUES (?, ?)")
+                            .bind(k)
+                            .bind(x)
+                            .execute(&mut c)
+                            .await
+                            .is_ok()
+                    }
+                };
+            }
+            let read = |db: Db, url: String, table: &'static str| async move {
+                let sql = sqlx::AssertSqlSafe(format!("SELECT k, x FROM {table} ORDER BY k"));
+                let rows: Vec<(i64, Option<f64>)> = match db {
+                    Db::Postgres => sqlx::query_as(sql)
+                        .fetch_all(&mut sqlx::PgConnection::connect(&url).await.unwrap())
+                        .await
+                        .unwrap(),
+                    Db::Mariadb => sqlx::query_as(sql)
+                        .fetch_all(&mut sqlx::MySqlConnection::connect(&url).await.unwrap())
+                        .await
+                        .unwrap(),
+                    Db::Sqlite => sqlx::query_as(sql)
+                        .fetch_all(&mut sqlx::SqliteConnection::connect(&url).await.unwrap())
+                        .await
+                        .unwrap(),
+                };
+                rows
+            };
+            let stored = read(source, src.clone(), "s").await;
+            f.write(
+                "job.toml",
+                &format!("name = \"{label}\"\n[source]\nurl = \"{src}\"\ntable = \"s\"\n[destination]\nurl = \"{dst}\"\ntable = \"d\"\n[match]\nk = \"k\"\n"),
+            );
+            let (code, out, err) = recon(&["apply", "job.toml", "-f", "json"], f.dir.path());
+            assert!(
+                code == 0 || code == 3,
+                "{source:?} → {destination:?}: {out}{err}"
+            );
+            let doc = json(&out);
+            let failed: Vec<i64> = doc["failed_rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["key"]["k"].as_i64().unwrap())
+                .collect();
+            for row in doc["failed_rows"].as_array().unwrap() {
+                assert!(!row["error"].as_str().unwrap().is_empty());
+            }
+            let written = read(destination, dst.clone(), "d").await;
+            for (k, x) in &stored {
+                let there = written.iter().find(|(dk, _)| dk == k);
+                match (failed.contains(k), there) {
+                    (true, None) => {}
+                    (false, Some((_, y))) => assert_eq!(
+                        x.map(f64::to_bits),
+                        y.map(f64::to_bits),
+                        "{source:?} → {destination:?}: k={k} stored as {y:?}, the source holds {x:?}"
+                    ),
+                    (failed, there) => panic!(
+                        "{source:?} → {destination:?}: k={k} failed={failed} stored={there:?}"
+                    ),
+                }
+            }
+            // Converged but for the refused rows.
+            let (_, plan, _) = recon(&["plan", "job.toml", "-f", "json"], f.dir.path());
+            let s = json(&plan)["summary"].clone();
+            assert_eq!(
+                s["insert"].as_u64().unwrap() + s["update"].as_u64().unwrap(),
+                failed.len() as u64,
+                "{source:?} → {destination:?}: {s}"
+            );
+        }
+    }
+}

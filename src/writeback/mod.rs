@@ -216,7 +216,7 @@ impl Writer {
     fn unstorable(&self, target: &Target, op: &Op<'_>, change: &Change) -> Option<String> {
         match self {
             Writer::Postgres(w) => w.unstorable(target, op, change),
-            Writer::Mysql(_) => mysql::unstorable(target, op, change),
+            Writer::Mysql(w) => mysql::unstorable(target, op, change, w.floats()),
             Writer::Sqlite(w) => w.unstorable(target, op, change),
         }
     }

@@ -23,6 +23,8 @@ pub struct Writer {
     conn: MySqlConnection,
     /// The destination's primary key columns, when batches find rows through the key map.
     keymap: Option<Vec<String>>,
+    /// Destination columns of a floating type (`FLOAT`, `DOUBLE`): they store -0 as 0.
+    floats: Vec<String>,
 }
 
 /// The temporary key map (a session's temporary table hides nothing of the user's: recon names
@@ -35,6 +37,10 @@ fn q(name: &str) -> String {
 }
 
 impl Writer {
+    pub fn floats(&self) -> &[String] {
+        &self.floats
+    }
+
     pub async fn connect(endpoint: &Endpoint, url: &str, target: &Target) -> Result<Writer> {
         let connect_error = |source| Error::Connect {
             side: endpoint.side,
@@ -49,6 +55,17 @@ impl Writer {
             what: format!("preparing to write `{}`", target.table),
             source: Box::new(e),
         };
+        let (schema, table) = crate::sql::schema_and_table(&target.table);
+        let floats: Vec<String> = sqlx::query_scalar(
+            "SELECT CAST(COLUMN_NAME AS CHAR) FROM information_schema.COLUMNS
+             WHERE TABLE_SCHEMA = COALESCE(NULLIF(?, ''), DATABASE()) AND TABLE_NAME = ?
+               AND DATA_TYPE IN ('float', 'double', 'real')",
+        )
+        .bind(&schema)
+        .bind(&table)
+        .fetch_all(&mut conn)
+        .await
+        .map_err(preparing)?;
         let keymap = match key_map_columns(&mut conn, target)
             .await
             .map_err(preparing)?
@@ -86,7 +103,11 @@ impl Writer {
                 Some(primary)
             }
         };
-        Ok(Writer { conn, keymap })
+        Ok(Writer {
+            conn,
+            keymap,
+            floats,
+        })
     }
 
     pub async fn write(&mut self, target: &Target, op: &Op<'_>) -> Result<(), WriteError> {
@@ -203,7 +224,12 @@ async fn single_matches(
 }
 
 /// Values MySQL/MariaDB cannot hold: ±infinity dates and timestamps, NaN and infinite floats.
-pub fn unstorable(target: &Target, op: &Op<'_>, change: &Change) -> Option<String> {
+pub fn unstorable(
+    target: &Target,
+    op: &Op<'_>,
+    change: &Change,
+    floats: &[String],
+) -> Option<String> {
     let columns = target
         .keys
         .iter()
@@ -214,6 +240,10 @@ pub fn unstorable(target: &Target, op: &Op<'_>, change: &Change) -> Option<Strin
             Cell::Infinity(false) => "infinity",
             Cell::Float(f) if f.is_nan() => "NaN",
             Cell::Float(f) if f.is_infinite() => "an infinite number",
+            // A floating column would store 0: the sign is lost (a decimal has no -0 to lose).
+            Cell::Float(f) if *f == 0.0 && f.is_sign_negative() && floats.contains(column) => {
+                "-0 (a FLOAT or DOUBLE column stores it as 0)"
+            }
             _ => continue,
         };
         return Some(format!(
