@@ -9,7 +9,10 @@
 //! - a date meets a timestamp at midnight UTC;
 //! - text meets a date or timestamp by parsing the text as a timestamp (SQLite keeps timestamps as
 //!   text), so `2017-01-01 00:00:00.123456` is not the date `2017-01-01`;
-//! - a float meets any number as a 64-bit float; integers and decimals meet exactly.
+//! - a float meets any number as a 64-bit float; integers and decimals meet exactly;
+//! - a source decimal meets destination text as its exact text at its scale (`12.50`): a long
+//!   decimal is written to a SQLite TEXT column that way, and must compare equal next run. Not
+//!   the other way round: source text `1.5` in a `numeric(10,2)` column reads back `1.50`.
 
 use std::sync::Arc;
 
@@ -58,6 +61,7 @@ pub fn common(s: &DataType, d: &DataType) -> Option<DataType> {
             exact_common(a, b)
         }
         (a, b) if is_temporal(a) && is_temporal(b) => temporal(a, b),
+        (a, b) if is_decimal(a) && is_string(b) => Utf8,
         // Text meets a date as a timestamp, so a time of day in the text is not dropped.
         (a, b) if is_string(a) && is_temporal(b) => {
             temporal(b, &Timestamp(TimeUnit::Microsecond, None))
@@ -178,6 +182,10 @@ mod tests {
     #[test]
     fn text_never_meets_numbers() {
         assert_eq!(common(&Utf8, &Int64), None);
+        // Exact decimals written to a text column compare as that text; text into a decimal
+        // column would not read back as written.
+        assert_eq!(common(&Decimal128(38, 10), &Utf8), Some(Utf8));
+        assert_eq!(common(&Utf8, &Decimal128(38, 10)), None);
         assert_eq!(common(&Boolean, &Int64), None);
     }
 }

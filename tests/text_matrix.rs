@@ -370,3 +370,44 @@ async fn special_floats_are_kept_bit_for_bit_or_refused_on_every_pair() {
         }
     }
 }
+
+/// The same exact numbers and far timestamps from PostgreSQL and MariaDB into SQLite, whose TEXT
+/// columns keep every digit (a REAL would keep 15): written as text, read back as written, and
+/// compared as that text on the next run.
+#[tokio::test]
+async fn exact_numbers_and_far_timestamps_reach_sqlite_text_columns_whole() {
+    let rows = "(1, 1234567890123456789012345678.1234567890, 9223372036854775807, '0001-01-01 00:00:00'),
+        (2, -0.0000000001, -9223372036854775808, '9999-12-31 23:59:59.999999'), (3, 0, 0, '2024-03-31 02:30:00.5'), (4, NULL, NULL, NULL)";
+    let f = Folder::new();
+    for source in [Db::Postgres, Db::Mariadb] {
+        let label = format!("exact_{source:?}_sqlite").to_lowercase();
+        let src = match source {
+            Db::Postgres => postgres(&label, &format!("CREATE TABLE s (k int PRIMARY KEY, n numeric(38,10), b bigint, ts timestamp(6)); INSERT INTO s VALUES {rows};")).await,
+            _ => mariadb(&label, &format!("CREATE TABLE s (k int PRIMARY KEY, n decimal(38,10), b bigint, ts datetime(6)); INSERT INTO s VALUES {rows};")).await,
+        };
+        let db = f
+            .sqlite(
+                &format!("{label}.db"),
+                "CREATE TABLE d (k INTEGER PRIMARY KEY, n TEXT, b INTEGER, ts TEXT);",
+            )
+            .await;
+        f.write(
+            "job.toml",
+            &format!("name = \"{label}\"\n[source]\nurl = \"{src}\"\ntable = \"s\"\n[destination]\nurl = \"sqlite://{}\"\ntable = \"d\"\n[match]\nk = \"k\"\n", db.display()),
+        );
+        let (code, out, err) = recon(&["apply", "job.toml"], f.dir.path());
+        assert_eq!(code, 0, "{source:?}: {out}{err}");
+        assert_eq!(
+            sqlite_text(&db, "SELECT n || '|' || b || '|' || ts FROM d ORDER BY k").await,
+            vec![
+                Some("1234567890123456789012345678.1234567890|9223372036854775807|0001-01-01 00:00:00".into()),
+                Some("-0.0000000001|-9223372036854775808|9999-12-31 23:59:59.999999".into()),
+                Some("0.0000000000|0|2024-03-31 02:30:00.500".into()),
+                None,
+            ],
+            "{source:?}"
+        );
+        let (code, out, err) = recon(&["plan", "job.toml", "--exit-code"], f.dir.path());
+        assert_eq!(code, 0, "{source:?} did not converge: {out}{err}");
+    }
+}
