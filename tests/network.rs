@@ -121,3 +121,46 @@ async fn mariadb_reset_and_stall_end_in_clear_errors() {
     assert_eq!(code, 0, "{err}");
     assert_plan_empty(f.dir.path(), "job.toml");
 }
+
+#[tokio::test]
+async fn an_http_listing_reset_or_stalled_mid_body_ends_in_a_clear_error() {
+    use crate::support::scripted::{Reply, serve};
+    // A large page: several hundred kilobytes of records.
+    let records: Vec<serde_json::Value> = (0..5000)
+        .map(|i| serde_json::json!({"id": i.to_string(), "code": format!("C-{i}"), "note": "x".repeat(60)}))
+        .collect();
+    let page = serde_json::json!({ "items": records }).to_string();
+    let server = serve(move |_, _| Reply::Json(200, page.clone()));
+    let origin = server.url.trim_start_matches("http://").to_string();
+    let f = Folder::new();
+    f.sqlite(
+        "s.db",
+        "CREATE TABLE s (code TEXT PRIMARY KEY, note TEXT); INSERT INTO s VALUES ('C-1', 'x');",
+    )
+    .await;
+    let job = |port: u16| {
+        format!(
+            "[source]\nurl = \"sqlite://s.db\"\ntable = \"s\"\n[destination]\nurl = \"http://127.0.0.1:{port}/items\"\nid = \"id\"\n[destination.http]\nrecords = \"/items\"\ntimeout = \"2s\"\nretries = 1\n[match]\ncode = \"code\"\n"
+        )
+    };
+    for (fault, expect) in [
+        (Fault::ResetDownAfter(100_000), "the connection failed"),
+        (
+            Fault::StallDownAfter(100_000),
+            "no complete answer within 2s",
+        ),
+    ] {
+        let port = proxy(origin.clone(), fault);
+        f.write("job.toml", &job(port));
+        fails_promptly(&f, &["plan", "job.toml"], &["the destination API", expect]);
+    }
+    // Straight to the server: the listing reads whole.
+    let port: u16 = origin.rsplit(':').next().unwrap().parse().unwrap();
+    f.write("job.toml", &job(port));
+    let (code, out, err) = recon(
+        &["plan", "job.toml", "-f", "json", "--limit", "0"],
+        f.dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["summary"]["destination_rows"], 5000);
+}
