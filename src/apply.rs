@@ -54,12 +54,7 @@ pub async fn apply(job: &Job, options: &ApplyOptions, progress: &Progress) -> Re
     let saved = state.get().await?;
     let read = crate::source_read(job, saved.clone())?;
     // The changeset goes to a local spool as the diff produces it; only the listed changes stay.
-    let spill = job
-        .engine
-        .spill_dir
-        .clone()
-        .unwrap_or_else(std::env::temp_dir);
-    let mut spool = writeback::Spool::create(&spill, options.list)?;
+    let mut spool = writeback::Spool::for_job(job, options.list)?;
     let mut sink = |_: &Changeset, change: crate::changeset::Change| spool.push(change);
     let mut changeset =
         crate::diff_snapshots(job, None, true, &read, progress, Some(&mut sink)).await?;

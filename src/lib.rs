@@ -57,11 +57,7 @@ pub use state::State;
 /// `limit` caps the listed changes (counts are always complete); `None` lists all. In incremental
 /// mode the source is read from the saved watermark (the state store is only read).
 pub async fn plan(job: &Job, limit: Option<usize>, progress: &Progress) -> Result<Changeset> {
-    let state = match job.source.cursor.is_some() || uses_state(job) {
-        true => State::peek(job).await?,
-        false => None,
-    };
-    let read = source_read(job, state)?;
+    let read = planned_read(job).await?;
     diff_snapshots(job, limit, false, &read, progress, None).await
 }
 
@@ -74,11 +70,7 @@ pub async fn plan_streaming(
     progress: &Progress,
     sink: &mut diff::ChangeSink<'_>,
 ) -> Result<Changeset> {
-    let state = match job.source.cursor.is_some() || uses_state(job) {
-        true => State::peek(job).await?,
-        false => None,
-    };
-    let read = source_read(job, state)?;
+    let read = planned_read(job).await?;
     diff_snapshots(job, limit, false, &read, progress, Some(sink)).await
 }
 
@@ -89,12 +81,18 @@ pub async fn plan_for_review(
     progress: &Progress,
     sink: &mut diff::ChangeSink<'_>,
 ) -> Result<Changeset> {
+    let read = planned_read(job).await?;
+    diff_snapshots(job, Some(usize::MAX), true, &read, progress, Some(sink)).await
+}
+
+/// How a plan reads the source: from the saved watermark in incremental mode, with the saved
+/// state for a `query` that refers to it (the state store is only read).
+async fn planned_read(job: &Job) -> Result<watermark::SourceRead> {
     let state = match job.source.cursor.is_some() || uses_state(job) {
         true => State::peek(job).await?,
         false => None,
     };
-    let read = source_read(job, state)?;
-    diff_snapshots(job, Some(usize::MAX), true, &read, progress, Some(sink)).await
+    source_read(job, state)
 }
 
 /// Whether the source `query` refers to the saved state.

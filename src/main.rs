@@ -83,14 +83,7 @@ async fn plan(args: PlanArgs, progress: Progress) -> recon::Result<u8> {
     let job = load(args.job.as_deref().unwrap_or(std::path::Path::new("")))?;
     let limit = args.limit.or(args.format.default_limit());
     // Streamed formats write each listed change as it comes; the others keep the listed ones.
-    let mut stream = match args.format.streams() {
-        true => Some(report::Stream::new(
-            args.format,
-            args.output.as_deref(),
-            limit,
-        )?),
-        false => None,
-    };
+    let mut stream = listing_stream(&args, limit)?;
     let mut saved: Option<recon::plan_file::Writer> = None;
     let mut listed = Vec::new();
     let changeset = match &args.save {
@@ -144,6 +137,19 @@ async fn plan(args: PlanArgs, progress: Progress) -> recon::Result<u8> {
     })
 }
 
+/// The streamed output for json, jsonl and csv (written change by change); `None` for the
+/// formats rendered whole.
+fn listing_stream(args: &PlanArgs, limit: Option<usize>) -> recon::Result<Option<report::Stream>> {
+    Ok(match args.format.streams() {
+        true => Some(report::Stream::new(
+            args.format,
+            args.output.as_deref(),
+            limit,
+        )?),
+        false => None,
+    })
+}
+
 /// Hand a change to the streamed output, or keep it for the listing, while the listing has room.
 fn list(
     stream: &mut Option<report::Stream>,
@@ -167,14 +173,7 @@ fn show_plan(path: &std::path::Path, args: &PlanArgs) -> recon::Result<u8> {
     let plan = recon::plan_file::Plan::open(path)?;
     let limit = args.limit.or(args.format.default_limit());
     let mut changeset = plan.shell();
-    let mut stream = match args.format.streams() {
-        true => Some(report::Stream::new(
-            args.format,
-            args.output.as_deref(),
-            limit,
-        )?),
-        false => None,
-    };
+    let mut stream = listing_stream(args, limit)?;
     let mut listed = Vec::new();
     for change in plan.changes()? {
         if stream.is_none() && limit.is_some_and(|n| listed.len() >= n) {

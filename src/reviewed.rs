@@ -115,12 +115,7 @@ pub async fn apply_plan(
     crate::connect::register(&ctx, &job.source, Some(0), progress, None, &wanted[0]).await?;
     crate::connect::register(&ctx, &job.destination, None, progress, None, &wanted[1]).await?;
     let resolved = crate::diff::destination_view(&ctx, job).await?;
-    let spill = job
-        .engine
-        .spill_dir
-        .clone()
-        .unwrap_or_else(std::env::temp_dir);
-    let mut spool = writeback::Spool::create(&spill, options.list)?;
+    let mut spool = writeback::Spool::for_job(job, options.list)?;
     let mut stale = Vec::new();
     let mut done = 0u64;
     let mut changes = plan.changes()?.peekable();

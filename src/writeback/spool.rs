@@ -22,6 +22,16 @@ pub struct Spool {
 }
 
 impl Spool {
+    /// A spool in the job's spill folder (`[engine] spill_dir`, default the system temp dir).
+    pub fn for_job(job: &crate::config::Job, list: Option<usize>) -> Result<Spool> {
+        let spill = job
+            .engine
+            .spill_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir);
+        Spool::create(&spill, list)
+    }
+
     /// A spool under `parent` (the job's spill folder).
     pub fn create(parent: &std::path::Path, list: Option<usize>) -> Result<Spool> {
         let work = WorkDir::create(parent)?;
