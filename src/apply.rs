@@ -90,21 +90,7 @@ pub async fn apply(job: &Job, options: &ApplyOptions, progress: &Progress) -> Re
     };
     pause_point("before-state");
     crate::failpoint::hit("before-state");
-    let previous = state.failing().await?;
-    let failed: Vec<FailedRow> = outcome
-        .failed
-        .iter()
-        .map(|f| {
-            let key = serde_json::Value::Object(f.key.clone()).to_string();
-            let runs = previous.get(&key).copied().unwrap_or(0) + 1;
-            FailedRow {
-                action: f.action.name().into(),
-                key,
-                error: f.error.clone(),
-                runs,
-            }
-        })
-        .collect();
+    let failed = recorded(&mut state, &outcome.failed).await?;
     run.applied_insert = outcome.applied.insert as i64;
     run.applied_update = outcome.applied.update as i64;
     run.applied_delete = outcome.applied.delete as i64;
@@ -166,6 +152,27 @@ impl ApplyReport {
             .chain(self.spool.read(Action::Update)?)
             .chain(self.spool.read(Action::Delete)?))
     }
+}
+
+/// The refused rows as the state store records them, each counting the applies in a row it has
+/// failed in (this one included).
+pub(crate) async fn recorded(
+    state: &mut State,
+    failures: &[writeback::Failure],
+) -> Result<Vec<FailedRow>> {
+    let previous = state.failing().await?;
+    Ok(failures
+        .iter()
+        .map(|f| {
+            let key = serde_json::Value::Object(f.key.clone()).to_string();
+            FailedRow {
+                action: f.action.name().into(),
+                runs: previous.get(&key).copied().unwrap_or(0) + 1,
+                key,
+                error: f.error.clone(),
+            }
+        })
+        .collect())
 }
 
 /// The state with the watermark moved to the highest cursor value below which every row of the

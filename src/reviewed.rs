@@ -27,7 +27,7 @@ use crate::config::Job;
 use crate::error::{Error, Result};
 use crate::plan_file::{Plan, fingerprint};
 use crate::progress::Progress;
-use crate::state::{FailedRow, Lock, Run, State, now};
+use crate::state::{Lock, Run, State, now};
 use crate::writeback::{self, pause_point};
 
 /// Changes checked against the destination at a time.
@@ -150,21 +150,10 @@ pub async fn apply_plan(
     let outcome = writeback::write(job, &shell, &spool, job.write.deletes, progress).await?;
     pause_point("before-state");
     crate::failpoint::hit("before-state");
-    let previous = state.failing().await?;
-    let failed: Vec<FailedRow> = outcome
-        .failed
-        .iter()
-        .chain(&stale)
-        .map(|f| {
-            let key = Value::Object(f.key.clone()).to_string();
-            FailedRow {
-                action: f.action.name().into(),
-                runs: previous.get(&key).copied().unwrap_or(0) + 1,
-                key,
-                error: f.error.clone(),
-            }
-        })
-        .collect();
+    let stale_count = stale.len();
+    let mut refused = outcome.failed;
+    refused.extend(stale);
+    let failed = crate::apply::recorded(&mut state, &refused).await?;
     let s = plan.trailer.summary;
     let run = Run {
         command: "apply --plan".into(),
@@ -182,8 +171,7 @@ pub async fn apply_plan(
         failed: failed.len() as i64,
         message: Some(format!(
             "plan {}; {} stale, {done} already written",
-            plan.trailer.digest,
-            stale.len()
+            plan.trailer.digest, stale_count
         )),
         ..Run::default()
     };
@@ -195,7 +183,7 @@ pub async fn apply_plan(
         outcome.applied,
         failed,
         run_id,
-        (stale.len() as u64, done),
+        (stale_count as u64, done),
     ))
 }
 

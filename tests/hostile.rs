@@ -356,7 +356,11 @@ async fn bad_files_are_clear_errors_or_documented_readings() {
     assert_eq!(
         sqlite_text(&f.path("app.db"), "SELECT CAST(count(*) AS TEXT) FROM d").await,
         vec![Some("2".into())]
-    );
+    ); // The file mended (the BOM one, as written): the next run converges.
+    f.write("job.toml", &job("bom.csv"));
+    let (code, _, err) = recon(&["apply", "job.toml"], f.dir.path());
+    assert_eq!(code, 0, "{err}");
+    assert_plan_empty(f.dir.path(), "job.toml");
 }
 
 /// Every file under `dir` (recursively) whose bytes contain `needle`.
@@ -414,6 +418,7 @@ async fn a_canary_password_never_reaches_plans_reports_logs_or_state() {
         assert_eq!(found, Vec::<String>::new(), "{needle} in a file");
     }
     assert_eq!(pg_count(&base, "SELECT count(*) FROM d").await, 2);
+    assert_plan_empty(f.dir.path(), "job.toml");
 }
 
 #[tokio::test]

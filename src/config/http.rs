@@ -231,8 +231,6 @@ fn collect_placeholders(v: &Value, out: &mut Vec<String>) {
 /// `"20/s"`, `"600/m"`, `"3600/h"` or a number (per second).
 fn rate(v: &DeValue) -> Option<f64> {
     let per_second = match v {
-        DeValue::Integer(i) => i.as_str().parse::<f64>().ok()?,
-        DeValue::Float(f) => f.as_str().parse::<f64>().ok()?,
         DeValue::String(s) => {
             let (n, unit) = s.split_once('/')?;
             let n: f64 = n.trim().parse().ok()?;
@@ -244,7 +242,7 @@ fn rate(v: &DeValue) -> Option<f64> {
             };
             n / seconds
         }
-        _ => return None,
+        other => number(other)?,
     };
     (per_second.is_finite() && per_second > 0.0).then_some(per_second)
 }
@@ -252,14 +250,6 @@ fn rate(v: &DeValue) -> Option<f64> {
 /// `"30s"`, `"500ms"`, `"2m"` or a number of seconds.
 fn duration(v: &DeValue) -> Option<Duration> {
     let d = match v {
-        DeValue::Integer(_) | DeValue::Float(_) => {
-            let text = match v {
-                DeValue::Integer(i) => i.as_str().to_string(),
-                DeValue::Float(f) => f.as_str().to_string(),
-                _ => unreachable!(),
-            };
-            Duration::try_from_secs_f64(text.parse().ok()?).ok()?
-        }
         DeValue::String(s) => {
             let s = s.trim();
             let split = s.find(|c: char| !c.is_ascii_digit() && c != '.')?;
@@ -273,9 +263,18 @@ fn duration(v: &DeValue) -> Option<Duration> {
             };
             Duration::try_from_secs_f64(n * seconds).ok()?
         }
-        _ => return None,
+        other => Duration::try_from_secs_f64(number(other)?).ok()?,
     };
     (!d.is_zero()).then_some(d)
+}
+
+/// A TOML integer or float as a number.
+fn number(v: &DeValue) -> Option<f64> {
+    match v {
+        DeValue::Integer(i) => i.as_str().replace('_', "").parse().ok(),
+        DeValue::Float(f) => f.as_str().replace('_', "").parse().ok(),
+        _ => None,
+    }
 }
 
 impl Walker<'_> {

@@ -295,11 +295,17 @@ pub(crate) fn state_params(
 }
 
 /// Await a driver call for at most `limit`: past it, sqlx's own I/O error "timed out", so each
-/// caller reports it as it reports a lost connection, naming the side.
+/// caller reports it as it reports a lost connection, naming the side. The call is polled once
+/// first: a row or chunk already received is taken without reading the clock or arming a timer
+/// (this runs once per row of a MySQL or SQLite snapshot).
 pub(crate) async fn within<T>(
     limit: std::time::Duration,
     call: impl std::future::Future<Output = std::result::Result<T, sqlx::Error>>,
 ) -> std::result::Result<T, sqlx::Error> {
+    tokio::pin!(call);
+    if let std::task::Poll::Ready(result) = futures::poll!(call.as_mut()) {
+        return result;
+    }
     match tokio::time::timeout(limit, call).await {
         Ok(result) => result,
         Err(_) => Err(sqlx::Error::Io(std::io::Error::new(

@@ -1,6 +1,6 @@
 //! A TCP fault proxy on 127.0.0.1 between recon and a real server: it passes bytes through, or
 //! resets or stalls the connection after a number of bytes in one direction, or accepts and
-//! never answers. Runs on its own thread and runtime, like the scripted HTTP server.
+//! never answers. Runs on its own thread and runtime (`scripted::listen`).
 
 use std::time::Duration;
 
@@ -22,46 +22,31 @@ pub enum Fault {
 
 /// Start a proxy to `target` (`host:port`); returns the port it listens on.
 pub fn proxy(target: String, fault: Fault) -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.set_nonblocking(true).expect("nonblocking");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    continue;
-                };
-                let target = target.clone();
-                tokio::spawn(async move {
-                    if let Fault::Blackhole = fault {
-                        let _held = client;
-                        tokio::time::sleep(Duration::from_secs(3600)).await;
-                        return;
-                    }
-                    let Ok(server) = TcpStream::connect(&target).await else {
-                        return;
-                    };
-                    let (cr, cw) = client.into_split();
-                    let (sr, sw) = server.into_split();
-                    let (up, down) = match fault {
-                        Fault::StallUpAfter(n) => (Some(n), None),
-                        Fault::StallDownAfter(n) | Fault::ResetDownAfter(n) => (None, Some(n)),
-                        _ => (None, None),
-                    };
-                    let reset = matches!(fault, Fault::ResetDownAfter(_));
-                    let a = tokio::spawn(pump(cr, sw, up, false));
-                    let b = tokio::spawn(pump(sr, cw, down, reset));
-                    let _ = tokio::join!(a, b);
-                });
+    let addr = super::scripted::listen(move |client| {
+        let target = target.clone();
+        async move {
+            if let Fault::Blackhole = fault {
+                let _held = client;
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                return;
             }
-        });
+            let Ok(server) = TcpStream::connect(&target).await else {
+                return;
+            };
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            let (up, down) = match fault {
+                Fault::StallUpAfter(n) => (Some(n), None),
+                Fault::StallDownAfter(n) | Fault::ResetDownAfter(n) => (None, Some(n)),
+                _ => (None, None),
+            };
+            let reset = matches!(fault, Fault::ResetDownAfter(_));
+            let a = tokio::spawn(pump(cr, sw, up, false));
+            let b = tokio::spawn(pump(sr, cw, down, reset));
+            let _ = tokio::join!(a, b);
+        }
     });
-    port
+    addr.port()
 }
 
 /// Copy `from` to `to`; after `limit` bytes either stop (a stall: hold both ends open) or, with

@@ -49,14 +49,16 @@ impl Scripted {
     }
 }
 
-/// Start a server answering with `handler(n, request)` (n counts requests from 0).
-pub fn serve(handler: impl Fn(usize, &Seen) -> Reply + Send + Sync + 'static) -> Scripted {
+/// Listen on a free loopback port and hand each connection to `handle`, on a thread and runtime
+/// of their own (the tests call `recon` synchronously); returns the address.
+pub fn listen<F, Fut>(handle: F) -> std::net::SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.set_nonblocking(true).expect("nonblocking");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-    let log = seen.clone();
-    let handler: Arc<Handler> = Arc::new(handler);
+    let addr = listener.local_addr().expect("addr");
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -65,17 +67,30 @@ pub fn serve(handler: impl Fn(usize, &Seen) -> Reply + Send + Sync + 'static) ->
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
             loop {
-                let Ok((socket, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (log, handler) = (log.clone(), handler.clone());
-                tokio::spawn(async move {
-                    let _ = answer(socket, &log, handler.as_ref()).await;
-                });
+                if let Ok((socket, _)) = listener.accept().await {
+                    tokio::spawn(handle(socket));
+                }
             }
         });
     });
-    Scripted { url, seen }
+    addr
+}
+
+/// Start a server answering with `handler(n, request)` (n counts requests from 0).
+pub fn serve(handler: impl Fn(usize, &Seen) -> Reply + Send + Sync + 'static) -> Scripted {
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let log = seen.clone();
+    let handler: Arc<Handler> = Arc::new(handler);
+    let addr = listen(move |socket| {
+        let (log, handler) = (log.clone(), handler.clone());
+        async move {
+            let _ = answer(socket, &log, handler.as_ref()).await;
+        }
+    });
+    Scripted {
+        url: format!("http://{addr}"),
+        seen,
+    }
 }
 
 async fn answer(
