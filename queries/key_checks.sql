@@ -7,15 +7,15 @@
 -- name: counts
 -- Output: null_keys (rows with any key column NULL), duplicate_keys (keys on more than one row),
 -- rows (all rows: the side's count in the summary, so no separate scan is needed).
--- One scan counts the rows and the NULL keys; the duplicates need a grouping of their own.
+-- One grouping by key gives all three: rows with a NULL in the key group together (by key), and
+-- the side is read once.
 SELECT
-    c.rows, c.null_keys,
-    (SELECT count(*) FROM (
-        SELECT {{keys}} FROM {{side}} WHERE NOT ({{any_key_null}}) GROUP BY {{keys}} HAVING count(*) > 1
-    ) AS dup) AS duplicate_keys
+    CAST(COALESCE(sum(g.copies), 0) AS BIGINT) AS rows,
+    CAST(COALESCE(sum(CASE WHEN g.null_key THEN g.copies ELSE 0 END), 0) AS BIGINT) AS null_keys,
+    count(*) FILTER (WHERE NOT g.null_key AND g.copies > 1) AS duplicate_keys
 FROM (
-    SELECT count(*) AS rows, count(*) FILTER (WHERE {{any_key_null}}) AS null_keys FROM {{side}}
-) AS c
+    SELECT {{any_key_null}} AS null_key, count(*) AS copies FROM {{side}} GROUP BY {{keys}}
+) AS g
 
 -- name: rows
 -- Output: rows. Used instead of `counts` when the side's own catalog proves its key unique and

@@ -234,6 +234,79 @@ async fn duplicate_keys_are_refused_with_a_sample() {
 }
 
 #[tokio::test]
+async fn integer_keys_dense_or_sparse_are_checked_like_any_other() {
+    // One integer key column is checked without a grouping (a bitmap over dense ids, a sort of
+    // sparse ones): the same counts, samples and order of errors as for any key.
+    for (ids, what) in [
+        ("1, 2, 3, 4", "dense"),
+        ("-9000000000000000000, 7, 9000000000000000000, 42", "sparse"),
+    ] {
+        let ids: Vec<&str> = ids.split(", ").collect();
+        let f = Folder::new();
+        f.sqlite(
+            "d.db",
+            &format!(
+                "CREATE TABLE s (k INTEGER, v INTEGER); CREATE TABLE d (k INTEGER, v INTEGER);
+                 INSERT INTO s VALUES ({a}, 1), ({b}, 1), ({c}, 1), ({d}, 1);
+                 INSERT INTO d VALUES ({a}, 1), ({b}, 2), ({b}, 3), ({c}, 1), ({c}, 1), ({c}, 1), ({d}, 5);",
+                a = ids[0],
+                b = ids[1],
+                c = ids[2],
+                d = ids[3]
+            ),
+        )
+        .await;
+        let job = "[source]\nurl = \"sqlite://d.db\"\ntable = \"s\"\n[destination]\nurl = \"sqlite://d.db\"\ntable = \"d\"\n[match]\nk = \"k\"\n";
+        match plan_error(&f.job(job)).await {
+            Error::DuplicateKeys {
+                side,
+                count,
+                sample,
+                ..
+            } => {
+                assert_eq!((side, count), (Side::Destination, 2), "{what}");
+                assert_eq!(
+                    sample,
+                    [
+                        format!("k={} (3 rows)", ids[2]),
+                        format!("k={} (2 rows)", ids[1])
+                    ],
+                    "{what}"
+                );
+            }
+            other => panic!("{what}: expected duplicate keys, got {other:?}"),
+        }
+        // NULL keys are reported before duplicates, with their count.
+        f.sqlite("d.db", "INSERT INTO d VALUES (NULL, 1), (NULL, 2);")
+            .await;
+        match plan_error(&f.job(job)).await {
+            Error::NullKeys { side, count, .. } => {
+                assert_eq!((side, count), (Side::Destination, 2), "{what}")
+            }
+            other => panic!("{what}: expected NULL keys, got {other:?}"),
+        }
+        // Unique again: the plan goes through with the right counts.
+        f.sqlite(
+            "d.db",
+            "DELETE FROM d WHERE k IS NULL OR rowid NOT IN (SELECT min(rowid) FROM d GROUP BY k);",
+        )
+        .await;
+        let c = recon::plan(&f.job(job), None, &recon::progress::Progress::hidden())
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(
+            (
+                c.summary.source_rows,
+                c.summary.destination_rows,
+                c.summary.update
+            ),
+            (4, 4, 2),
+            "{what}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn null_keys_are_refused_with_a_count() {
     let f = Folder::new();
     f.sqlite(

@@ -3,7 +3,6 @@
 //! column gets an exact Arrow type; columns of types recon does not decode (intervals, arrays,
 //! enums, geometry, …) are read as their text form (`::text`).
 
-use futures::StreamExt;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{AssertSqlSafe, Column, ConnectOptions, Executor, SqlSafeStr, Statement, TypeInfo};
 
@@ -15,6 +14,9 @@ use crate::sql::quote;
 use crate::stage::Stager;
 
 use crate::watermark::{Bound, ParamStyle, SourceRead, setting_text};
+
+/// COPY messages (rows) decoded in one poll of the stream at most.
+const MESSAGES_PER_POLL: usize = 4096;
 
 /// The bound's text and the SQL type it is read back as.
 fn pg_bound(bound: &Bound) -> (String, &'static str) {
@@ -158,18 +160,14 @@ pub async fn snapshot(
         .await
         .map_err(|e| read_error(side, format!("starting `{copy}`"), e))?;
     // Read to the end even after a decode error, so the connection leaves COPY mode cleanly.
+    // PostgreSQL sends a message per row: every message already received is decoded in one
+    // poll, and only a wait for more is bounded by the timeout (one timer per wait, not per row).
     let mut failure = None;
-    while let Some(chunk) = super::within(endpoint.io_timeout, async {
-        Ok::<_, sqlx::Error>(stream.next().await)
-    })
-    .await
-    .map_err(|e| read_error(side, "reading the COPY stream", e))?
-    {
-        let chunk = chunk.map_err(|e| read_error(side, "reading the COPY stream", e))?;
+    let mut handle = |chunk: &[u8]| {
         if failure.is_some() {
-            continue;
+            return;
         }
-        let staged = decoder.push(&chunk).and_then(|done| {
+        let staged = decoder.push(chunk).and_then(|done| {
             for batch in done {
                 counter.add(batch.num_rows());
                 out.push(batch).map_err(|e| super::pgbinary::DecodeError {
@@ -181,6 +179,30 @@ pub async fn snapshot(
         });
         if let Err(e) = staged {
             failure = Some(e);
+        }
+    };
+    loop {
+        let step = super::within(
+            endpoint.io_timeout,
+            futures::future::poll_fn(|cx| {
+                use std::task::Poll;
+                // Bounded, so that a stream that never waits still lets the runtime run others.
+                for taken in 0..MESSAGES_PER_POLL {
+                    match stream.as_mut().poll_next(cx) {
+                        Poll::Ready(Some(Ok(chunk))) => handle(&chunk),
+                        Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                        Poll::Ready(None) => return Poll::Ready(Ok(true)),
+                        Poll::Pending if taken > 0 => return Poll::Ready(Ok(false)),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                Poll::Ready(Ok(false))
+            }),
+        )
+        .await
+        .map_err(|e| read_error(side, "reading the COPY stream", e))?;
+        if step {
+            break;
         }
     }
     if let Some(e) = failure {
