@@ -132,17 +132,10 @@ pub async fn changeset_with(
         let names = resolved.key_names();
         checks[1].proven = crate::connect::key_proven_unique(&job.destination, &names).await;
     }
-    let integer_key = resolved.keys.len() == 1
-        && matches!(
-            resolved.keys[0].common,
-            DataType::Int8
-                | DataType::Int16
-                | DataType::Int32
-                | DataType::Int64
-                | DataType::UInt8
-                | DataType::UInt16
-                | DataType::UInt32
-        );
+    // One integer key column (all but unsigned 64-bit values fit a BIGINT): checked without a
+    // grouping.
+    let integer_key =
+        matches!(&resolved.keys[..], [m] if m.common.is_integer() && m.common != DataType::UInt64);
     for check in checks.iter_mut() {
         check.integer_key = integer_key;
     }
@@ -370,19 +363,18 @@ fn side_values(side: Side, m: &Mapped) -> (Expr, Expr) {
     (written, options::compared(value, &m.options, &m.common))
 }
 
-/// Whether a side's column `o…` (as held) or `w…` (as written) is the same expression as its
-/// compared column `v…`.
-fn same_as_compared(side: Side, m: &Mapped, column: &str) -> bool {
+/// The columns of a side's view to read a mapped pair's value as held (`o…`) and as written
+/// (`w…`) from: `v…` where that is the same expression as the compared value.
+fn read_as_compared(side: Side, m: &Mapped) -> (&'static str, &'static str) {
     let (written, compared) = side_values(side, m);
     let name = match side {
         Side::Source => &m.source,
         Side::Destination => &m.destination,
     };
-    match column {
-        "o" => compared == ident(name),
-        "w" => compared == written,
-        _ => false,
-    }
+    (
+        if compared == ident(name) { "v" } else { "o" },
+        if compared == written { "v" } else { "w" },
+    )
 }
 
 /// Register `s` or `d`: the side's mapped columns renamed and cast, plus `id` and `__present`.
@@ -505,17 +497,9 @@ fn duplicated(mut keys: Vec<i64>) -> u64 {
         return duplicates;
     }
     keys.sort_unstable();
-    let mut duplicates = 0;
-    let mut i = 0;
-    while i < keys.len() {
-        let mut j = i + 1;
-        while j < keys.len() && keys[j] == keys[i] {
-            j += 1;
-        }
-        duplicates += u64::from(j - i > 1);
-        i = j;
-    }
-    duplicates
+    keys.chunk_by(|a, b| a == b)
+        .filter(|run| run.len() > 1)
+        .count() as u64
 }
 
 impl KeyCheck {
@@ -677,34 +661,17 @@ fn render_diff(template: &str, resolved: &Resolved, left: &str) -> String {
                 m,
                 |i| {
                     // What apply writes: the source value as the destination stores it, before
-                    // any comparison option (a case-folded value is never written).
-                    let written = if left == "s" { "w" } else { "v" };
-                    // A column that is the compared one under another name is read as that one,
-                    // so the join carries (and its build side copies) each value once.
-                    let same = |side: Side, other: &str| match left {
-                        "s" => same_as_compared(side, &resolved.compared[i], other),
-                        _ => {
-                            side == Side::Destination
-                                && same_as_compared(side, &resolved.compared[i], other)
-                        }
+                    // any comparison option (a case-folded value is never written). A column
+                    // that is the compared one under another name is read as that one, so the
+                    // join carries (and its build side copies) each value once.
+                    let m = &resolved.compared[i];
+                    let (held, written) = match left {
+                        "s" => read_as_compared(Side::Source, m),
+                        _ => ("o", "v"),
                     };
-                    let pick = |side: Side, name: &'static str| match same(side, name) {
-                        true => "v",
-                        false => name,
-                    };
+                    let (destination_held, _) = read_as_compared(Side::Destination, m);
                     format!(
-                        "{left}.{}{i} AS s_v{i}, d.{}{i} AS d_v{i}, {left}.{}{i} AS n_v{i},",
-                        if left == "s" {
-                            pick(Side::Source, "o")
-                        } else {
-                            "o"
-                        },
-                        pick(Side::Destination, "o"),
-                        if left == "s" {
-                            pick(Side::Source, written)
-                        } else {
-                            written
-                        },
+                        "{left}.{held}{i} AS s_v{i}, d.{destination_held}{i} AS d_v{i}, {left}.{written}{i} AS n_v{i},"
                     )
                 },
                 "\n    ",
