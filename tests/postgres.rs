@@ -216,3 +216,91 @@ async fn an_unreachable_server_is_a_connect_error() {
         "{text}"
     );
 }
+
+/// Snapshots are read over recon's own COPY connection (src/connect/pgwire.rs) where it can speak
+/// the authentication — trust, SCRAM-SHA-256, on TCP or a unix socket — and through sqlx
+/// otherwise (md5): the same rows either way; a wrong password is a clear error.
+#[tokio::test]
+async fn every_authentication_and_socket_reads_the_same_snapshot() {
+    let url = postgres(
+        "auth",
+        "CREATE TABLE s (k int PRIMARY KEY, v text, n numeric(12,2));
+         INSERT INTO s SELECT g, 'v' || g, g / 4.0 FROM generate_series(1, 5000) g;
+         CREATE TABLE d (k int PRIMARY KEY, v text, n numeric(12,2));
+         INSERT INTO d SELECT k, CASE WHEN k % 10 = 0 THEN 'x' ELSE v END, n FROM s WHERE k % 7 <> 0;
+         DO $$ BEGIN
+           IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'recon_scram') THEN CREATE ROLE recon_scram LOGIN; END IF;
+           IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'recon_md5') THEN CREATE ROLE recon_md5 LOGIN; END IF;
+         END $$;
+         SET password_encryption = 'scram-sha-256';
+         ALTER ROLE recon_scram PASSWORD 'sc''ram pass';
+         SET password_encryption = 'md5';
+         ALTER ROLE recon_md5 PASSWORD 'md5-pass';
+         GRANT SELECT ON s, d TO recon_scram, recon_md5;",
+    )
+    .await;
+    let (_, rest) = url.split_once("://").unwrap();
+    let (_, hostpath) = rest.split_once('@').unwrap();
+    let (hostport, db) = hostpath.split_once('/').unwrap();
+    let port = hostport.rsplit_once(':').unwrap().1;
+    let socket = std::env::var("RECON_TEST_PG_SOCKET").expect("RECON_TEST_PG_SOCKET");
+    let f = Folder::new();
+    let run = |source: &str| {
+        f.write(
+            "job.toml",
+            &format!(
+                "[source]\nurl = \"{source}\"\ntable = \"s\"\n[destination]\nurl = \"{url}\"\ntable = \"d\"\n[match]\nk = \"k\"\n"
+            ),
+        );
+        recon(
+            &["plan", "job.toml", "-f", "json", "--limit", "0", "-vv"],
+            f.dir.path(),
+        )
+    };
+    let ways = [
+        (url.clone(), "own connection"),
+        (
+            format!("postgres://recon_scram:sc%27ram%20pass@{hostport}/{db}"),
+            "own connection",
+        ),
+        (
+            format!("postgres://postgres@localhost/{db}?host={socket}&port={port}"),
+            "own connection",
+        ),
+        (
+            format!("postgres://recon_md5:md5-pass@{hostport}/{db}"),
+            "COPY through sqlx",
+        ),
+    ];
+    for (source, way) in ways {
+        let (code, out, err) = run(&source);
+        assert_eq!(code, 0, "{source}: {err}");
+        let summary = &json(&out)["summary"];
+        assert_eq!(
+            (
+                summary["insert"].clone(),
+                summary["update"].clone(),
+                summary["unchanged"].clone()
+            ),
+            (json!(714), json!(429), json!(3857)),
+            "{source}: {out}"
+        );
+        let source_lines: Vec<&str> = err
+            .lines()
+            .filter(|l| l.contains("COPY") && l.contains("side=source"))
+            .collect();
+        assert!(
+            source_lines.iter().any(|l| l.contains(way)),
+            "{source}: {source_lines:?}"
+        );
+        for secret in ["ram pass", "ram%20pass", "md5-pass"] {
+            assert!(!err.contains(secret), "a password in the log: {err}");
+        }
+    }
+    let (code, _, err) = run(&format!("postgres://recon_scram:wrong@{hostport}/{db}"));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("password authentication failed") && err.contains("source"),
+        "{err}"
+    );
+}

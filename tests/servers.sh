@@ -1,6 +1,6 @@
 # Sourced by tests/run.sh and benches/*.sh: start private PostgreSQL 15 and MariaDB servers on
 # spare loopback ports (installing the packages if missing) and stop them on exit.
-#   start_postgres  → exports RECON_TEST_PG_URL
+#   start_postgres  → exports RECON_TEST_PG_URL (and RECON_TEST_PG_SOCKET, its unix socket's folder)
 #   start_mariadb   → exports RECON_TEST_MYSQL_URL
 #   start_pocketbase → exports RECON_TEST_PB_URL and RECON_TEST_PB_ADMIN (email:password)
 #   install_graphql → exports RECON_TEST_GRAPHQL_BIN (json-graphql-server; tests start their own)
@@ -56,10 +56,16 @@ start_postgres() {
   mkdir -p "$SERVERS_DIR/pg"
   [ "$(id -u)" = 0 ] && chown postgres "$SERVERS_DIR/pg"
   as_pg "$PG_BIN/initdb" -D "$SERVERS_DIR/pg" -U postgres -A trust --no-sync >/dev/null
+  # Users that must give a password (tests/postgres.rs), matched before the `trust` lines.
+  local hba
+  hba=$(cat "$SERVERS_DIR/pg/pg_hba.conf")
+  printf 'host all recon_scram 127.0.0.1/32 scram-sha-256\nhost all recon_md5 127.0.0.1/32 md5\n%s\n' \
+    "$hba" > "$SERVERS_DIR/pg/pg_hba.conf"
   as_pg "$PG_BIN/pg_ctl" -D "$SERVERS_DIR/pg" -l "$SERVERS_DIR/pg/log" -w -t 60 \
     -o "-p $PG_PORT -k $SERVERS_DIR/pg -c listen_addresses=127.0.0.1 -c fsync=off -c shared_buffers=256MB" \
     start >/dev/null
   export RECON_TEST_PG_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+  export RECON_TEST_PG_SOCKET="$SERVERS_DIR/pg"
 }
 
 start_mariadb() {

@@ -8,6 +8,7 @@ pub(crate) mod http;
 mod index;
 mod mysql;
 pub(crate) mod pgbinary;
+mod pgwire;
 mod postgres;
 
 /// A connection to a PostgreSQL side (for catalog lookups).
@@ -298,17 +299,17 @@ pub(crate) fn state_params(
 /// caller reports it as it reports a lost connection, naming the side. The call is polled once
 /// first: a row or chunk already received is taken without reading the clock or arming a timer
 /// (this runs once per row of a MySQL or SQLite snapshot).
-pub(crate) async fn within<T>(
+pub(crate) async fn within<T, E: From<std::io::Error>>(
     limit: std::time::Duration,
-    call: impl std::future::Future<Output = std::result::Result<T, sqlx::Error>>,
-) -> std::result::Result<T, sqlx::Error> {
+    call: impl std::future::Future<Output = std::result::Result<T, E>>,
+) -> std::result::Result<T, E> {
     tokio::pin!(call);
     if let std::task::Poll::Ready(result) = futures::poll!(call.as_mut()) {
         return result;
     }
     match tokio::time::timeout(limit, call).await {
         Ok(result) => result,
-        Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+        Err(_) => Err(E::from(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             format!(
                 "no answer within {}s (`[engine] io_timeout`): the server or the network stalled",

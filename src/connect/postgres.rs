@@ -7,6 +7,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{AssertSqlSafe, Column, ConnectOptions, Executor, SqlSafeStr, Statement, TypeInfo};
 
 use super::pgbinary::{Decoder, PgKind};
+use super::pgwire;
 use crate::config::Endpoint;
 use crate::error::{Error, Result, read_error};
 use crate::progress::RowCounter;
@@ -80,13 +81,18 @@ pub async fn snapshot(
     let window = read.and_then(|r| r.window.as_ref());
     // COPY takes no parameters: values are bound into session settings instead.
     let (select, params) = super::state_params(&endpoint.relation, read, ParamStyle::Setting);
+    // The settings the COPY's query reads, made again on a connection of src/connect/pgwire.rs.
+    let mut settings = Vec::new();
     for (i, value) in params.iter().enumerate() {
+        let name = format!("recon.p{}", i + 1);
+        let text = setting_text(value);
         sqlx::query("SELECT set_config($1, $2, false)")
-            .bind(format!("recon.p{}", i + 1))
-            .bind(setting_text(value))
+            .bind(&name)
+            .bind(&text)
             .execute(&mut conn)
             .await
             .map_err(|e| read_error(side, "binding the saved state", e))?;
+        settings.push((name, text));
     }
     let filter = match window {
         Some(w) => {
@@ -96,10 +102,11 @@ pub async fn snapshot(
                 .await
                 .map_err(|e| read_error(side, "setting the session time zone", e))?;
             sqlx::query("SELECT set_config('recon.lower', $1, false)")
-                .bind(text)
+                .bind(&text)
                 .execute(&mut conn)
                 .await
                 .map_err(|e| read_error(side, "binding the watermark", e))?;
+            settings.push(("recon.lower".to_string(), text));
             format!(
                 " WHERE q.{} >= current_setting('recon.lower')::{sql_type}",
                 quote(&w.column)
@@ -131,6 +138,7 @@ pub async fn snapshot(
                 .execute(&mut conn)
                 .await
                 .map_err(|e| read_error(side, "binding the window's keys", e))?;
+            settings.push(("recon.keys".to_string(), keys.json.clone()));
             let mut columns = Vec::new();
             let mut values = Vec::new();
             for (i, name) in keys.columns.iter().enumerate() {
@@ -155,13 +163,8 @@ pub async fn snapshot(
         projection.join(", ")
     );
     let mut decoder = Decoder::new(names, kinds);
-    let mut stream = conn
-        .copy_out_raw(&copy)
-        .await
-        .map_err(|e| read_error(side, format!("starting `{copy}`"), e))?;
-    // Read to the end even after a decode error, so the connection leaves COPY mode cleanly.
-    // PostgreSQL sends a message per row: every message already received is decoded in one
-    // poll, and only a wait for more is bounded by the timeout (one timer per wait, not per row).
+    // A decode error is kept, and the rest of the stream read (sqlx: so that the connection
+    // leaves COPY mode cleanly) or left (own connection: it is closed).
     let mut failure = None;
     let mut handle = |chunk: &[u8]| {
         if failure.is_some() {
@@ -181,6 +184,85 @@ pub async fn snapshot(
             failure = Some(e);
         }
     };
+    match own_connection(endpoint, url).await {
+        Some(mut wire) => {
+            drop(conn);
+            wire.start_copy(&format!("{}{copy}", setup(window.is_some(), &settings)))
+                .await
+                .map_err(|e| read_error(side, format!("starting `{copy}`"), e))?;
+            wire.copy_out(&mut handle)
+                .await
+                .map_err(|e| read_error(side, "reading the COPY stream", e))?;
+        }
+        None => copy_through_sqlx(&mut conn, endpoint, &copy, &mut handle).await?,
+    }
+    if let Some(e) = failure {
+        return Err(read_error(side, "decoding the COPY stream", e));
+    }
+    let last = decoder
+        .finish()
+        .map_err(|e| read_error(side, "decoding the COPY stream", e))?;
+    counter.add(last.num_rows());
+    out.push(last)
+        .map_err(|e| read_error(side, "decoding the COPY stream", e))
+}
+
+/// A connection of src/connect/pgwire.rs for the snapshot's COPY, when the server is one it
+/// serves (plaintext anyway, an authentication it speaks); `None`: read through sqlx.
+async fn own_connection(endpoint: &Endpoint, url: &str) -> Option<pgwire::Wire> {
+    let options = pg_options(url).ok()?.application_name("recon");
+    if !pgwire::eligible(&options) {
+        return None;
+    }
+    let password = pgwire::password(url);
+    match pgwire::Wire::connect(&options, password.as_deref(), endpoint.io_timeout).await {
+        Ok(wire) => {
+            tracing::debug!(side = %endpoint.side, "COPY over recon's own connection");
+            Some(wire)
+        }
+        Err(reason) => {
+            tracing::debug!(side = %endpoint.side, %reason, "COPY through sqlx");
+            None
+        }
+    }
+}
+
+/// The statements that make the settings of the sqlx session on another one, before the COPY.
+fn setup(utc: bool, settings: &[(String, String)]) -> String {
+    let mut sql = String::new();
+    if utc {
+        sql.push_str("SET TimeZone = 'UTC'; ");
+    }
+    if !settings.is_empty() {
+        let calls: Vec<String> = settings
+            .iter()
+            .map(|(name, value)| {
+                format!(
+                    "set_config({}, {}, false)",
+                    pgwire::literal(name),
+                    pgwire::literal(value)
+                )
+            })
+            .collect();
+        sql.push_str(&format!("SELECT {}; ", calls.join(", ")));
+    }
+    sql
+}
+
+/// The COPY through sqlx's stream of messages.
+async fn copy_through_sqlx(
+    conn: &mut PgConnection,
+    endpoint: &Endpoint,
+    copy: &str,
+    handle: &mut impl FnMut(&[u8]),
+) -> Result<()> {
+    let side = endpoint.side;
+    let mut stream = conn
+        .copy_out_raw(copy)
+        .await
+        .map_err(|e| read_error(side, format!("starting `{copy}`"), e))?;
+    // PostgreSQL sends a message per row: every message already received is decoded in one
+    // poll, and only a wait for more is bounded by the timeout (one timer per wait, not per row).
     loop {
         let step = super::within(
             endpoint.io_timeout,
@@ -202,18 +284,9 @@ pub async fn snapshot(
         .await
         .map_err(|e| read_error(side, "reading the COPY stream", e))?;
         if step {
-            break;
+            return Ok(());
         }
     }
-    if let Some(e) = failure {
-        return Err(read_error(side, "decoding the COPY stream", e));
-    }
-    let last = decoder
-        .finish()
-        .map_err(|e| read_error(side, "decoding the COPY stream", e))?;
-    counter.add(last.num_rows());
-    out.push(last)
-        .map_err(|e| read_error(side, "decoding the COPY stream", e))
 }
 
 #[cfg(test)]
