@@ -357,6 +357,23 @@ pub fn numeric(v: &[u8]) -> Result<(i256, u32), String> {
     // n × 10000^(weight - ndigits + 1) × 10^dscale is the mantissa.
     let exp = 4 * (weight - ndigits as i32 + 1) + dscale;
     let negative = sign == 0x4000;
+    // Up to 4 base-10000 digits (16 decimal ones) fit 64 bits: no 128-bit division.
+    if ndigits <= 4 && (-3..=3).contains(&exp) {
+        let mut n: u64 = 0;
+        for i in 0..ndigits {
+            n = n * 10_000 + u16::from_be_bytes([v[8 + 2 * i], v[9 + 2 * i]]) as u64;
+        }
+        let n = match exp {
+            -3 => n / 1000,
+            -2 => n / 100,
+            -1 => n / 10,
+            e => n * 10u64.pow(e as u32),
+        } as i128;
+        return Ok((
+            i256::from_i128(if negative { -n } else { n }),
+            dscale as u32,
+        ));
+    }
     // Up to 9 base-10000 digits and a small exponent fit 128 bits: no 256-bit arithmetic.
     if ndigits <= 9 && (-38..=38).contains(&exp) {
         let mut n: i128 = 0;
@@ -437,6 +454,20 @@ mod tests {
         assert_eq!(numeric(&encode(&[2], 1, false, 0)).unwrap(), n(20000, 0));
         // 0 with scale 3
         assert_eq!(numeric(&encode(&[], 0, false, 3)).unwrap(), n(0, 3));
+        // 12345.6, -7.000 and 16 nines: the 64-bit path, dividing or multiplying by 10^1..10^3.
+        assert_eq!(
+            numeric(&encode(&[1, 2345, 6000], 1, false, 1)).unwrap(),
+            n(123456, 1)
+        );
+        assert_eq!(numeric(&encode(&[7], 0, true, 3)).unwrap(), n(-7000, 3));
+        assert_eq!(
+            numeric(&encode(&[9999, 9999, 9999, 9999], 3, false, 0)).unwrap(),
+            n(9_999_999_999_999_999, 0)
+        );
+        assert_eq!(
+            numeric(&encode(&[9999, 9999, 9999, 9999], 0, false, 15)).unwrap(),
+            n(9_999_999_999_999_999_000, 15)
+        );
         // 1234567890123456789012345678.1234567890 (38 digits; base-10000 groups reach 40)
         let v = encode(
             &[1234, 5678, 9012, 3456, 7890, 1234, 5678, 1234, 5678, 9000],

@@ -139,9 +139,12 @@ pub async fn changeset_with(
     for check in checks.iter_mut() {
         check.integer_key = integer_key;
     }
-    let buckets = match passes > 1 {
-        true => Some(split_sides(ctx, &resolved, passes).await?),
-        false => None,
+    let (buckets, removal) = match passes > 1 {
+        true => {
+            let (buckets, removal) = split_sides(ctx, &resolved, passes).await?;
+            (Some(buckets), Some(removal))
+        }
+        false => (None, None),
     };
     let mut cursor_max: Option<crate::changeset::Cell> = None;
     for pass in 0..passes {
@@ -151,8 +154,20 @@ pub async fn changeset_with(
         select_pass(ctx, &resolved, folders).await?;
         let started = std::time::Instant::now();
         let source_keys: Vec<String> = resolved.keys.iter().map(|m| m.source.clone()).collect();
-        checks[0].run(ctx, &source_keys).await?;
-        checks[1].run(ctx, &resolved.key_names()).await?;
+        // The two sides' checks on two threads.
+        let run = |mut check: KeyCheck, keys: Vec<String>| {
+            let ctx = ctx.clone();
+            on_own_task("checking the keys".into(), async move {
+                let done = check.run(&ctx, &keys).await;
+                done.map(|()| check)
+            })
+        };
+        let [source, destination] = checks;
+        checks = futures::try_join!(
+            run(source, source_keys),
+            run(destination, resolved.key_names())
+        )
+        .map(|(s, d)| [s, d])?;
         tracing::debug!(pass, elapsed = ?started.elapsed(), "key checks");
         let started = std::time::Instant::now();
         if checks.iter().any(KeyCheck::failed) {
@@ -174,7 +189,9 @@ pub async fn changeset_with(
             }
             Some(path) => user_diff(ctx, path, &resolved).await?,
         };
-        let mut stream = sql(ctx, &query).await?.execute_stream().await?;
+        // `-vvv` logs the diff's physical plan with its metrics once it has run.
+        let plan = sql(ctx, &query).await?.create_physical_plan().await?;
+        let mut stream = datafusion::physical_plan::execute_stream(plan.clone(), ctx.task_ctx())?;
         if collector.counts_only() {
             while let Some(batch) = stream.next().await {
                 collector.add(&batch?)?;
@@ -204,6 +221,13 @@ pub async fn changeset_with(
             let _ = std::fs::remove_file(&path);
         }
         tracing::debug!(pass, elapsed = ?started.elapsed(), "diff");
+        if tracing::enabled!(tracing::Level::TRACE) {
+            let shown = datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(
+                plan.as_ref(),
+            )
+            .indent(true);
+            tracing::trace!(pass, "the diff's physical plan, with its metrics:\n{shown}");
+        }
         if resolved.cursor.is_some() {
             let max = sql(ctx, "SELECT max(cur) AS m FROM s")
                 .await?
@@ -219,6 +243,9 @@ pub async fn changeset_with(
                 (a, b) => a.or(b),
             };
         }
+    }
+    if let Some(removal) = removal {
+        let _ = removal.await;
     }
     let (source_rows, destination_rows) = (checks[0].rows, checks[1].rows);
     let [source, destination] = checks;
@@ -258,13 +285,35 @@ pub async fn destination_view(ctx: &SessionContext, job: &Job) -> Result<Resolve
     Ok(resolved)
 }
 
+/// Run `work` on a task of its own (so on another thread than its sibling); dropping the
+/// returned future, as a failed sibling does, cancels the task.
+fn on_own_task<T: Send + 'static>(
+    what: String,
+    work: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> impl std::future::Future<Output = Result<T>> {
+    struct Cancel(tokio::task::AbortHandle);
+    impl Drop for Cancel {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let task = tokio::spawn(work);
+    let cancel = Cancel(task.abort_handle());
+    async move {
+        let done = task.await;
+        drop(cancel);
+        done.map_err(|e| Error::Internal(format!("{what}: {e}")))?
+    }
+}
+
 /// Split both sides into `passes` buckets (src/diff/bucket.rs), side by side; the folders of
-/// each side's buckets, source first. The staged snapshots are removed once split.
+/// each side's buckets, source first. The staged snapshots are removed once split, by the task
+/// returned (awaited when the passes are done).
 async fn split_sides(
     ctx: &SessionContext,
     resolved: &Resolved,
     passes: u64,
-) -> Result<[Vec<std::path::PathBuf>; 2]> {
+) -> Result<([Vec<std::path::PathBuf>; 2], tokio::task::JoinHandle<()>)> {
     let work = crate::engine::work_dir(ctx)?;
     let split = |side: Side| {
         let keys = resolved
@@ -273,16 +322,25 @@ async fn split_sides(
             .map(|m| side_values(side, m).1)
             .collect();
         let dir = work.path().join(format!("{}-buckets", side.name()));
-        async move { bucket::split(ctx, side.name(), keys, passes, &dir).await }
+        let ctx = ctx.clone();
+        // A task each, so that the two sides are split on two threads.
+        on_own_task(format!("splitting the {side} snapshot"), async move {
+            bucket::split(&ctx, side.name(), keys, passes, &dir).await
+        })
     };
     let (source, destination) = futures::try_join!(split(Side::Source), split(Side::Destination))?;
-    for side in Side::BOTH {
-        let staged = work.path().join(side.name());
-        if staged.is_dir() {
-            let _ = std::fs::remove_dir_all(staged);
+    // The staged snapshots are removed while the passes run (the work folder goes at the end in
+    // any case).
+    let staged: Vec<_> = Side::BOTH
+        .into_iter()
+        .map(|side| work.path().join(side.name()))
+        .collect();
+    let removal = tokio::task::spawn_blocking(move || {
+        for dir in staged.iter().filter(|d| d.is_dir()) {
+            let _ = std::fs::remove_dir_all(dir);
         }
-    }
-    Ok([source, destination])
+    });
+    Ok(([source, destination], removal))
 }
 
 /// Register `s` and `d` for a pass: the full views `s_all` and `d_all`, or, when diffing in
