@@ -284,55 +284,81 @@ pub async fn write(
     }
     let mut outcome = Outcome::default();
     let counter = progress.bar("writing", total(shape, deletes));
+    let compared = shape.compared_columns.len();
+    // Rows per batch by the values each row binds (a statement's placeholders are limited).
+    let sizes: Vec<usize> = (0..=target.keys.len() + compared)
+        .map(|per_row| job.write.batch_size.min(writers[0].max_rows(per_row)))
+        .collect();
     for action in actions(deletes) {
+        // A thread reads the spool and cuts it into batches while the writers write: a writer
+        // that is free takes the next batch (batches of one action touch distinct keys, so their
+        // order does not matter), and no writer waits for the others or for the spool.
+        let (send, receive) = tokio::sync::mpsc::channel::<Batch>(2 * writers.len());
         let mut changes = spool.read(action)?;
-        loop {
-            let chunk = changes
-                .by_ref()
-                .take(job.write.batch_size * writers.len())
-                .collect::<Result<Vec<Change>>>()?;
-            if chunk.is_empty() {
-                break;
-            }
-            let mut parts = Vec::new();
-            for (columns, rows) in groups(shape, action, &chunk) {
-                let per_row = target.keys.len() + columns.len();
-                let size = job.write.batch_size.min(writers[0].max_rows(per_row));
-                for part in rows.chunks(size) {
-                    parts.push((columns.clone(), part.to_vec()));
+        let (batch_size, keys, sizes, n) = (
+            job.write.batch_size,
+            target.keys.len(),
+            sizes.clone(),
+            writers.len(),
+        );
+        let reader = tokio::task::spawn_blocking(move || -> Result<()> {
+            loop {
+                let chunk = changes
+                    .by_ref()
+                    .take(batch_size * n)
+                    .collect::<Result<Vec<Change>>>()?;
+                if chunk.is_empty() {
+                    return Ok(());
                 }
-            }
-            // Each writer takes the next batch as soon as it is free; batches of one action
-            // touch distinct keys, so their order does not matter.
-            let next = std::sync::atomic::AtomicUsize::new(0);
-            let work = writers.iter_mut().map(|writer| {
-                let (parts, next, target, counter) = (&parts, &next, &target, &counter);
-                async move {
-                    let mut done = Outcome::default();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some((columns, rows)) = parts.get(i) else {
-                            return Ok::<Outcome, Error>(done);
-                        };
-                        pause_point("before-batch");
-                        let op = Op {
-                            action,
-                            columns,
-                            rows,
-                        };
-                        isolate(writer, target, shape, op, &mut done).await?;
-                        counter.add(rows.len());
-                        pause_point("after-batch");
+                for (columns, rows) in groups(compared, action, chunk) {
+                    let size = sizes[keys + columns.len()];
+                    let mut rows = rows.into_iter().peekable();
+                    while rows.peek().is_some() {
+                        let part: Vec<Change> = rows.by_ref().take(size).collect();
+                        if send.blocking_send((columns.clone(), part)).is_err() {
+                            // The writers stopped (an error): nothing more to hand them.
+                            return Ok(());
+                        }
                     }
                 }
-            });
-            for done in futures::future::try_join_all(work).await? {
-                outcome.applied.insert += done.applied.insert;
-                outcome.applied.update += done.applied.update;
-                outcome.applied.delete += done.applied.delete;
-                outcome.failed.extend(done.failed);
             }
+        });
+        let receive = tokio::sync::Mutex::new(receive);
+        let work = writers.iter_mut().map(|writer| {
+            let (receive, target, counter) = (&receive, &target, &counter);
+            async move {
+                let mut done = Outcome::default();
+                loop {
+                    let next = receive.lock().await.recv().await;
+                    let Some((columns, rows)) = next else {
+                        return Ok::<Outcome, Error>(done);
+                    };
+                    pause_point("before-batch");
+                    let rows: Vec<&Change> = rows.iter().collect();
+                    let op = Op {
+                        action,
+                        columns: &columns,
+                        rows: &rows,
+                    };
+                    isolate(writer, target, shape, op, &mut done).await?;
+                    counter.add(rows.len());
+                    pause_point("after-batch");
+                }
+            }
+        });
+        let written = futures::future::try_join_all(work).await;
+        // A writer's error ends the reader too (its channel is closed): wait for it either way.
+        drop(receive);
+        let read = reader
+            .await
+            .map_err(|e| Error::Internal(format!("reading the spooled changes: {e}")))?;
+        for done in written? {
+            outcome.applied.insert += done.applied.insert;
+            outcome.applied.update += done.applied.update;
+            outcome.applied.delete += done.applied.delete;
+            outcome.failed.extend(done.failed);
         }
+        read?;
     }
     counter.done();
     sort_failures(&mut outcome.failed);
@@ -418,19 +444,18 @@ async fn connect(job: &Job, target: &Target) -> Result<Writer> {
     })
 }
 
-/// One batch's changes by the compared columns they write: every column for inserts, none for
-/// deletes, the changed ones for updates.
-fn groups<'c>(
-    shape: &Changeset,
-    action: Action,
-    chunk: &'c [Change],
-) -> Vec<(Vec<usize>, Vec<&'c Change>)> {
-    let all: Vec<usize> = (0..shape.compared_columns.len()).collect();
+/// A batch for a writer: the compared columns it writes, and its changes.
+type Batch = (Vec<usize>, Vec<Change>);
+
+/// Changes by the compared columns they write (of `compared`): every column for inserts, none
+/// for deletes, the changed ones for updates.
+fn groups(compared: usize, action: Action, chunk: Vec<Change>) -> Vec<(Vec<usize>, Vec<Change>)> {
+    let all: Vec<usize> = (0..compared).collect();
     match action {
-        Action::Insert => vec![(all, chunk.iter().collect())],
-        Action::Delete => vec![(Vec::new(), chunk.iter().collect())],
+        Action::Insert => vec![(all, chunk)],
+        Action::Delete => vec![(Vec::new(), chunk)],
         Action::Update => {
-            let mut by_columns: BTreeMap<Vec<usize>, Vec<&Change>> = BTreeMap::new();
+            let mut by_columns: BTreeMap<Vec<usize>, Vec<Change>> = BTreeMap::new();
             for c in chunk {
                 let columns = c
                     .changed
