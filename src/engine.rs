@@ -13,7 +13,8 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::config::Job;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Side};
+use crate::stage::KeyFacts;
 
 /// Smallest and largest default memory budget.
 const MIN_DEFAULT: u64 = 256 << 20;
@@ -125,6 +126,7 @@ pub fn session(job: &Job) -> Result<SessionContext> {
         .map_err(|e| Error::Internal(format!("starting the engine: {e}")))?;
     let mut config = SessionConfig::new()
         .with_extension(work)
+        .with_extension(Arc::new(StagedKeys::default()))
         .with_extension(Arc::new(MemoryLimit(limit)));
     // Each sorting partition reserves this much for merging its spill files: keep it a small
     // share of a small budget (DataFusion's default is 10 MB).
@@ -144,6 +146,54 @@ pub fn session(job: &Job) -> Result<SessionContext> {
     // side either way, bounded by the passes.
     config.options_mut().optimizer.repartition_joins = false;
     Ok(SessionContext::new_with_config_rt(config, runtime))
+}
+
+/// Run `work` on a task of its own (so on another thread than its sibling); dropping the
+/// returned future, as a failed sibling does, cancels the task.
+pub fn on_own_task<T: Send + 'static>(
+    what: String,
+    work: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> impl std::future::Future<Output = Result<T>> {
+    struct Cancel(tokio::task::AbortHandle);
+    impl Drop for Cancel {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let task = tokio::spawn(work);
+    let cancel = Cancel(task.abort_handle());
+    async move {
+        let done = task.await;
+        drop(cancel);
+        done.map_err(|e| Error::Internal(format!("{what}: {e}")))?
+    }
+}
+
+/// The key checks' counts made while each database side was staged (src/stage.rs), by side.
+#[derive(Debug, Default)]
+pub struct StagedKeys(std::sync::Mutex<[Option<KeyFacts>; 2]>);
+
+fn side_index(side: Side) -> usize {
+    match side {
+        Side::Source => 0,
+        Side::Destination => 1,
+    }
+}
+
+/// Keep (or forget, with `None`) the counts made while staging `side`.
+pub fn set_staged_key(ctx: &SessionContext, side: Side, facts: Option<KeyFacts>) {
+    if let Some(keys) = ctx.state().config().get_extension::<StagedKeys>()
+        && let Ok(mut keys) = keys.0.lock()
+    {
+        keys[side_index(side)] = facts;
+    }
+}
+
+/// The counts made while staging `side`, if its key could be tracked.
+pub fn staged_key(ctx: &SessionContext, side: Side) -> Option<KeyFacts> {
+    let keys = ctx.state().config().get_extension::<StagedKeys>()?;
+    let keys = keys.0.lock().ok()?;
+    keys[side_index(side)]
 }
 
 /// The run's memory budget in bytes, as a session extension.

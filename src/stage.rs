@@ -30,6 +30,126 @@ pub struct Staged {
     pub dir: PathBuf,
     pub schema: SchemaRef,
     pub rows: usize,
+    /// The key checks' counts for the tracked key column, when it could be tracked.
+    pub key: Option<KeyFacts>,
+}
+
+/// Rows, NULL keys and duplicated keys of a side whose key is one integer column, counted as
+/// the side was staged (the same counts as queries/key_checks.sql's `counts`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyFacts {
+    pub rows: u64,
+    pub nulls: u64,
+    pub duplicates: u64,
+}
+
+/// Widest range of key values tracked: two bitmaps of 8 MiB. A wider range (or a key column
+/// that is not an integer) leaves the key checks to the staged files.
+const MAX_KEY_RANGE: u64 = 1 << 26;
+
+/// Counts one integer column's NULLs and duplicated values as batches go by, with two bitmaps
+/// (seen, seen twice) over the values' range, grown as values outside it arrive.
+#[derive(Debug)]
+struct KeyTracker {
+    column: String,
+    facts: KeyFacts,
+    /// The value of bit 0 (a multiple of 64), and the bitmaps, a word per 64 values.
+    base: i128,
+    seen: Vec<u64>,
+    twice: Vec<u64>,
+    valid: bool,
+}
+
+impl KeyTracker {
+    fn new(column: &str) -> KeyTracker {
+        KeyTracker {
+            column: column.to_string(),
+            facts: KeyFacts {
+                rows: 0,
+                nulls: 0,
+                duplicates: 0,
+            },
+            base: 0,
+            seen: Vec::new(),
+            twice: Vec::new(),
+            valid: true,
+        }
+    }
+
+    fn push(&mut self, batch: &RecordBatch) {
+        use datafusion::arrow::array::Array;
+        use datafusion::arrow::compute::cast;
+        use datafusion::arrow::datatypes::{DataType, Int64Type};
+        if !self.valid {
+            return;
+        }
+        let Some(column) = batch.column_by_name(&self.column) else {
+            return self.give_up();
+        };
+        let wide = match column.data_type() {
+            t if t.is_integer() && t != &DataType::UInt64 => cast(column, &DataType::Int64),
+            _ => return self.give_up(),
+        };
+        let Ok(wide) = wide else {
+            return self.give_up();
+        };
+        let values = datafusion::arrow::array::AsArray::as_primitive::<Int64Type>(&wide);
+        self.facts.rows += values.len() as u64;
+        self.facts.nulls += values.null_count() as u64;
+        let mut add = |v: i64| self.add(v);
+        match values.null_count() {
+            0 => values.values().iter().for_each(|v| add(*v)),
+            _ => values.iter().flatten().for_each(add),
+        }
+    }
+
+    fn give_up(&mut self) {
+        self.valid = false;
+        self.seen = Vec::new();
+        self.twice = Vec::new();
+    }
+
+    fn add(&mut self, v: i64) {
+        if !self.valid {
+            return;
+        }
+        let v = v as i128;
+        if self.seen.is_empty() {
+            self.base = v - v.rem_euclid(64);
+            self.seen = vec![0; 1];
+            self.twice = vec![0; 1];
+        }
+        let end = self.base + 64 * self.seen.len() as i128;
+        if v < self.base || v >= end {
+            // Grow to hold v, at least doubling, so that growing costs linear time overall.
+            let words = self.seen.len() as i128;
+            let (low, high) = if v < self.base {
+                let need = (self.base - v + 63) / 64;
+                (need.max(words), 0)
+            } else {
+                let need = (v - end) / 64 + 1;
+                (0, need.max(words))
+            };
+            let total = words + low + high;
+            if total as u128 * 64 > MAX_KEY_RANGE as u128 {
+                return self.give_up();
+            }
+            for map in [&mut self.seen, &mut self.twice] {
+                let mut grown = vec![0u64; total as usize];
+                grown[low as usize..(low + words) as usize].copy_from_slice(map);
+                *map = grown;
+            }
+            self.base -= 64 * low;
+        }
+        let at = (v - self.base) as usize;
+        let (word, bit) = (at / 64, 1u64 << (at % 64));
+        if self.seen[word] & bit == 0 {
+            self.seen[word] |= bit;
+        } else if self.twice[word] & bit == 0 {
+            self.twice[word] |= bit;
+            self.facts.duplicates += 1;
+        }
+    }
 }
 
 struct Segment {
@@ -43,6 +163,7 @@ pub struct Stager {
     dir: PathBuf,
     segments: Vec<Segment>,
     writer: Option<FileWriter<BufWriter<File>>>,
+    key: Option<KeyTracker>,
 }
 
 fn io(column: &str, e: impl std::fmt::Display) -> ColumnError {
@@ -67,7 +188,14 @@ impl Stager {
             dir,
             segments: Vec::new(),
             writer: None,
+            key: None,
         })
+    }
+
+    /// Count the NULLs and duplicates of the integer column `column` (the side's one key
+    /// column) as batches arrive, so that the key checks need not read it back.
+    pub fn track_key(&mut self, column: &str) {
+        self.key = Some(KeyTracker::new(column));
     }
 
     /// Write one batch. Connectors push at least one batch (empty when the side has no rows) so
@@ -81,6 +209,9 @@ impl Stager {
             .is_some_and(|s| s.schema == batch.schema() && s.rows < SEGMENT_ROWS);
         if batch.num_rows() == 0 && !self.segments.is_empty() {
             return Ok(());
+        }
+        if let Some(key) = self.key.as_mut() {
+            key.push(&batch);
         }
         if !same {
             self.close()?;
@@ -133,10 +264,16 @@ impl Stager {
         for segment in segments.iter().filter(|s| s.schema != schema) {
             rewrite(segment, &schema)?;
         }
+        let key = self
+            .key
+            .take()
+            .filter(|k| k.valid && k.facts.rows == rows as u64)
+            .map(|k| k.facts);
         Ok(Staged {
             dir: self.dir.clone(),
             schema,
             rows,
+            key,
         })
     }
 }
@@ -197,4 +334,59 @@ fn rewrite(segment: &Segment, schema: &SchemaRef) -> Result<(), ColumnError> {
     }
     writer.finish().map_err(|e| io("", e))?;
     std::fs::rename(&tmp, &segment.path).map_err(|e| io("", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int32Array, Int64Array, StringArray};
+
+    fn batch(column: Arc<dyn datafusion::arrow::array::Array>) -> RecordBatch {
+        let field = Field::new("k", column.data_type().clone(), true);
+        RecordBatch::try_new(Arc::new(Schema::new(vec![field])), vec![column]).unwrap()
+    }
+
+    #[test]
+    fn staged_keys_are_counted_as_a_grouping_counts_them_in_any_order() {
+        let mut t = KeyTracker::new("k");
+        // 0..10000 in a scattered order (the range grows down and up), 17 and 9999 twice more,
+        // 42 once more, and NULLs, over batches of two integer types.
+        let scattered: Vec<i64> = (0..10_000).map(|i| (i * 7919 + 5000) % 10_000).collect();
+        for part in scattered.chunks(999) {
+            t.push(&batch(Arc::new(Int64Array::from(part.to_vec()))));
+        }
+        t.push(&batch(Arc::new(Int32Array::from(vec![
+            Some(17),
+            None,
+            Some(9999),
+            Some(17),
+            Some(42),
+            None,
+        ]))));
+        t.push(&batch(Arc::new(Int64Array::from(vec![9999]))));
+        assert!(t.valid);
+        assert_eq!(
+            t.facts,
+            KeyFacts {
+                rows: 10_007,
+                nulls: 2,
+                duplicates: 3
+            }
+        );
+        // Extreme values: tracked while the range stays narrow.
+        let mut t = KeyTracker::new("k");
+        t.push(&batch(Arc::new(Int64Array::from(vec![
+            i64::MAX,
+            i64::MAX - 5,
+            i64::MAX,
+        ]))));
+        assert!(t.valid);
+        assert_eq!(t.facts.duplicates, 1);
+        // Too wide a range, or a key that is not an integer: left to the staged files.
+        t.push(&batch(Arc::new(Int64Array::from(vec![i64::MIN]))));
+        assert!(!t.valid);
+        let mut t = KeyTracker::new("k");
+        t.push(&batch(Arc::new(StringArray::from(vec!["a"]))));
+        assert!(!t.valid);
+    }
 }

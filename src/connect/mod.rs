@@ -51,21 +51,46 @@ pub async fn register_both(
             Location::Postgres(_) | Location::Sqlite(_)
         );
     if !narrow {
-        let wanted = Side::BOTH.map(|side| wanted(job, side));
+        // A task each, so that each side is read, decoded and staged on its own thread (on one,
+        // a side whose turn it is not lets its server wait with a full socket).
+        let side = |endpoint: &Endpoint, read: Option<SourceRead>| {
+            let (ctx, endpoint, progress) = (ctx.clone(), endpoint.clone(), progress.clone());
+            let wanted = wanted(job, endpoint.side);
+            let key = single_key(job, endpoint.side);
+            // A database side on a task of its own, started when first polled; a file or an
+            // API side in place, so that a side that fails at once (a missing file) is the
+            // error reported, the source's first.
+            let database = matches!(
+                endpoint.location,
+                Location::Postgres(_) | Location::Mysql(_) | Location::Sqlite(_)
+            );
+            async move {
+                let what = format!("reading the {}", endpoint.side);
+                let work = async move {
+                    let read = read.as_ref();
+                    register_keyed(&ctx, &endpoint, limit, &progress, read, &wanted, key).await
+                };
+                match database {
+                    true => crate::engine::on_own_task(what, work).await,
+                    false => work.await,
+                }
+            }
+        };
         tokio::try_join!(
-            register(ctx, &job.source, limit, progress, read, &wanted[0]),
-            register(ctx, &job.destination, limit, progress, None, &wanted[1]),
+            side(&job.source, read.cloned()),
+            side(&job.destination, None)
         )?;
         return Ok(());
     }
     // Incremental mode: read the source window first, then only the destination rows with its keys.
-    register(
+    register_keyed(
         ctx,
         &job.source,
         limit,
         progress,
         read,
         &wanted(job, Side::Source),
+        single_key(job, Side::Source),
     )
     .await?;
     let keys = window_keys(ctx, job).await?;
@@ -73,13 +98,14 @@ pub async fn register_both(
         keys,
         ..SourceRead::default()
     };
-    register(
+    register_keyed(
         ctx,
         &job.destination,
         limit,
         progress,
         Some(&read),
         &wanted(job, Side::Destination),
+        single_key(job, Side::Destination),
     )
     .await
 }
@@ -143,6 +169,31 @@ pub async fn register(
     read: Option<&SourceRead>,
     wanted: &[String],
 ) -> Result<()> {
+    register_keyed(ctx, endpoint, limit, progress, read, wanted, None).await
+}
+
+/// The side's key column when the match has one: its NULLs and duplicates are counted as a
+/// database side is staged (src/stage.rs), and the key checks use those counts.
+fn single_key(job: &Job, side: Side) -> Option<String> {
+    match &job.keys[..] {
+        [k] => Some(match side {
+            Side::Source => k.source.clone(),
+            Side::Destination => k.destination.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// [`register`], counting the key column `key`'s NULLs and duplicates while staging.
+async fn register_keyed(
+    ctx: &SessionContext,
+    endpoint: &Endpoint,
+    limit: Option<usize>,
+    progress: &Progress,
+    read: Option<&SourceRead>,
+    wanted: &[String],
+    key: Option<String>,
+) -> Result<()> {
     let name = endpoint.side.name();
     let snapshot = match &endpoint.location {
         Location::File(path, format) => {
@@ -154,7 +205,7 @@ pub async fn register(
         }
         location => {
             let work = crate::engine::work_dir(ctx)?;
-            read_database(
+            let staged = read_database(
                 endpoint,
                 location,
                 limit,
@@ -162,8 +213,15 @@ pub async fn register(
                 read,
                 wanted,
                 work.path(),
+                key,
             )
-            .await?
+            .await?;
+            // An API's window is applied after staging (below): its staged rows are not the
+            // side's rows.
+            if !matches!(location, Location::Http(_)) {
+                crate::engine::set_staged_key(ctx, endpoint.side, staged.key);
+            }
+            staged
         }
     };
     let options = ArrowReadOptions {
@@ -189,6 +247,7 @@ async fn read_database(
     read: Option<&SourceRead>,
     wanted: &[String],
     work: &std::path::Path,
+    key: Option<String>,
 ) -> Result<Staged> {
     let side = endpoint.side;
     let counter = progress.rows(side);
@@ -196,6 +255,9 @@ async fn read_database(
         path: work.to_path_buf(),
         source: e,
     })?;
+    if let Some(key) = key {
+        stager.track_key(&key);
+    }
     let out = &mut stager;
     match location {
         Location::Postgres(url) => {

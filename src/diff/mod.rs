@@ -139,6 +139,23 @@ pub async fn changeset_with(
     for check in checks.iter_mut() {
         check.integer_key = integer_key;
     }
+    // A side whose one integer key was counted while it was staged (src/stage.rs) is not read
+    // again for its checks, unless it has NULL or duplicated keys (then each pass finds its
+    // share and its samples, as before).
+    if let [m] = &resolved.keys[..]
+        && integer_key
+    {
+        for (check, from) in checks.iter_mut().zip([&m.source_type, &m.destination_type]) {
+            if let Some(facts) = crate::engine::staged_key(ctx, check.side)
+                && faithful(from, m)
+                && facts.nulls == 0
+                && facts.duplicates == 0
+            {
+                check.rows = facts.rows;
+                check.counted = true;
+            }
+        }
+    }
     let (buckets, removal) = match passes > 1 {
         true => {
             let (buckets, removal) = split_sides(ctx, &resolved, passes).await?;
@@ -157,7 +174,7 @@ pub async fn changeset_with(
         // The two sides' checks on two threads.
         let run = |mut check: KeyCheck, keys: Vec<String>| {
             let ctx = ctx.clone();
-            on_own_task("checking the keys".into(), async move {
+            crate::engine::on_own_task("checking the keys".into(), async move {
                 let done = check.run(&ctx, &keys).await;
                 done.map(|()| check)
             })
@@ -285,27 +302,6 @@ pub async fn destination_view(ctx: &SessionContext, job: &Job) -> Result<Resolve
     Ok(resolved)
 }
 
-/// Run `work` on a task of its own (so on another thread than its sibling); dropping the
-/// returned future, as a failed sibling does, cancels the task.
-fn on_own_task<T: Send + 'static>(
-    what: String,
-    work: impl std::future::Future<Output = Result<T>> + Send + 'static,
-) -> impl std::future::Future<Output = Result<T>> {
-    struct Cancel(tokio::task::AbortHandle);
-    impl Drop for Cancel {
-        fn drop(&mut self) {
-            self.0.abort();
-        }
-    }
-    let task = tokio::spawn(work);
-    let cancel = Cancel(task.abort_handle());
-    async move {
-        let done = task.await;
-        drop(cancel);
-        done.map_err(|e| Error::Internal(format!("{what}: {e}")))?
-    }
-}
-
 /// Split both sides into `passes` buckets (src/diff/bucket.rs), side by side; the folders of
 /// each side's buckets, source first. The staged snapshots are removed once split, by the task
 /// returned (awaited when the passes are done).
@@ -324,7 +320,7 @@ async fn split_sides(
         let dir = work.path().join(format!("{}-buckets", side.name()));
         let ctx = ctx.clone();
         // A task each, so that the two sides are split on two threads.
-        on_own_task(format!("splitting the {side} snapshot"), async move {
+        crate::engine::on_own_task(format!("splitting the {side} snapshot"), async move {
             bucket::split(&ctx, side.name(), keys, passes, &dir).await
         })
     };
@@ -500,6 +496,8 @@ struct KeyCheck {
     proven: bool,
     /// The key is one integer column: counted by [`integer_key_counts`].
     integer_key: bool,
+    /// Counted while the side was staged, with no NULL or duplicated key: nothing to read.
+    counted: bool,
 }
 
 /// Rows, NULL keys and duplicated keys of a side (`s` or `d`) whose key is one integer column
@@ -572,6 +570,7 @@ impl KeyCheck {
             duplicate_sample: Vec::new(),
             proven: false,
             integer_key: false,
+            counted: false,
         }
     }
 
@@ -582,6 +581,9 @@ impl KeyCheck {
     /// Check this pass's rows of the side (`s` or `d`).
     async fn run(&mut self, ctx: &SessionContext, key_columns: &[String]) -> Result<()> {
         self.columns = key_columns.to_vec();
+        if self.counted {
+            return Ok(());
+        }
         let keys = key_columns.len();
         let alias = view_alias(self.side);
         let render = |name: &str| {
