@@ -205,17 +205,8 @@ async fn register_keyed(
         }
         location => {
             let work = crate::engine::work_dir(ctx)?;
-            let staged = read_database(
-                endpoint,
-                location,
-                limit,
-                progress,
-                read,
-                wanted,
-                work.path(),
-                key,
-            )
-            .await?;
+            let staged =
+                read_database(endpoint, limit, progress, read, wanted, work.path(), key).await?;
             // An API's window is applied after staging (below): its staged rows are not the
             // side's rows.
             if !matches!(location, Location::Http(_)) {
@@ -241,7 +232,6 @@ async fn register_keyed(
 /// Read a database side once, staging its batches in the work folder as they arrive.
 async fn read_database(
     endpoint: &Endpoint,
-    location: &Location,
     limit: Option<usize>,
     progress: &Progress,
     read: Option<&SourceRead>,
@@ -259,7 +249,7 @@ async fn read_database(
         stager.track_key(&key);
     }
     let out = &mut stager;
-    match location {
+    match &endpoint.location {
         Location::Postgres(url) => {
             postgres::snapshot(endpoint, url, limit, &counter, read, out).await?
         }
