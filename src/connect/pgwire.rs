@@ -45,16 +45,9 @@ fn protocol(message: impl Into<String>) -> WireError {
 /// Whether a snapshot of this server may be read over [`Wire`]: the connection is plaintext in
 /// any case.
 pub fn eligible(options: &PgConnectOptions) -> bool {
-    let host = options.get_host().trim_matches(|c| c == '[' || c == ']');
-    let local = options.get_socket().is_some()
-        || host.starts_with('/')
-        || host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
     match options.get_ssl_mode() {
         PgSslMode::Disable => true,
-        PgSslMode::Allow | PgSslMode::Prefer => local,
+        PgSslMode::Allow | PgSslMode::Prefer => super::postgres::on_this_machine(options),
         _ => false,
     }
 }

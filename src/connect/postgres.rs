@@ -40,18 +40,22 @@ fn pg_bound(bound: &Bound) -> (String, &'static str) {
 pub fn pg_options(url: &str) -> std::result::Result<PgConnectOptions, sqlx::Error> {
     let options: PgConnectOptions = url.parse()?;
     let explicit = url.to_ascii_lowercase().contains("sslmode=");
-    let host = options.get_host().trim_matches(|c| c == '[' || c == ']');
-    let local = options.get_socket().is_some()
-        || host.starts_with('/')
-        || host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    Ok(if explicit || local {
+    Ok(if explicit || on_this_machine(&options) {
         options
     } else {
         options.ssl_mode(sqlx::postgres::PgSslMode::Require)
     })
+}
+
+/// A Unix socket, `localhost` or a loopback address.
+pub fn on_this_machine(options: &PgConnectOptions) -> bool {
+    let host = options.get_host().trim_matches(|c| c == '[' || c == ']');
+    options.get_socket().is_some()
+        || host.starts_with('/')
+        || host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 pub async fn connect(endpoint: &Endpoint, url: &str) -> Result<PgConnection> {
