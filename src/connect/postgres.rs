@@ -303,6 +303,22 @@ mod tests {
     }
 
     #[test]
+    fn settings_are_made_again_as_quoted_literals() {
+        assert_eq!(setup(false, &[]), "");
+        assert_eq!(
+            setup(
+                true,
+                &[
+                    ("recon.p1".into(), "it's; DROP TABLE t; --".into()),
+                    ("recon.keys".into(), r#"[["a'b"]]"#.into()),
+                ]
+            ),
+            "SET TimeZone = 'UTC'; SELECT set_config('recon.p1', 'it''s; DROP TABLE t; --', false), \
+             set_config('recon.keys', '[[\"a''b\"]]', false); "
+        );
+    }
+
+    #[test]
     fn remote_servers_must_speak_tls_unless_the_url_says_otherwise() {
         assert!(matches!(
             mode("postgres://u@db.example.com/dw"),
