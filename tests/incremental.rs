@@ -399,3 +399,42 @@ async fn mariadb_sources_read_windows_by_date_and_by_timestamp() {
         json!({"region": "eu", "watermark": "2024-03-02T10:00:00.500000"})
     );
 }
+
+/// The destination is read only for the window's keys: the keys reach PostgreSQL as a bound
+/// value on recon's own COPY connection too, quotes and all.
+#[tokio::test]
+async fn window_keys_with_quotes_reach_the_destination_as_bound_values() {
+    let url = postgres(
+        "quoted_keys",
+        "CREATE TABLE s (k text, v text, n int);
+         INSERT INTO s VALUES ('O''Brien', 'x', 5), ('a\\b', 'y', 5), ('x''); DROP TABLE d; --', 'z', 5), ('old', 'w', 1);
+         CREATE TABLE d (k text PRIMARY KEY, v text);
+         INSERT INTO d VALUES ('O''Brien', 'changed'), ('old', 'w'), ('other', 'q');",
+    )
+    .await;
+    let f = Folder::new();
+    f.write(
+        "job.toml",
+        &format!("[source]\nurl = \"{url}\"\ntable = \"s\"\ncursor = \"n\"\n[destination]\nurl = \"{url}\"\ntable = \"d\"\n[match]\nk = \"k\"\n[compare]\nv = \"v\"\n"),
+    );
+    assert_eq!(recon(&["state", "set", "job.toml", "3"], f.dir.path()).0, 0);
+    let (code, out, err) = recon(&["plan", "job.toml", "-f", "json", "-vv"], f.dir.path());
+    assert_eq!(code, 0, "{err}");
+    let summary = &json_of(&out)["summary"];
+    assert_eq!(
+        (
+            summary["source_rows"].clone(),
+            summary["destination_rows"].clone(),
+            summary["insert"].clone(),
+            summary["update"].clone()
+        ),
+        (json!(3), json!(1), json!(2), json!(1)),
+        "{out}"
+    );
+    assert!(
+        err.lines()
+            .any(|l| l.contains("own connection") && l.contains("side=destination")),
+        "{err}"
+    );
+    assert_eq!(pg_count(&url, "SELECT count(*) FROM d").await, 3);
+}

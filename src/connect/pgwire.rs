@@ -179,7 +179,6 @@ impl Wire {
         first.extend_from_slice(&startup);
         wire.send(&first).await?;
         let mut scram: Option<Scram> = None;
-        let mut conforming = false;
         loop {
             let (tag, body) = wire.next().await?;
             let body = wire.buf[body].to_vec();
@@ -232,21 +231,11 @@ impl Wire {
                         }
                     }
                 }
-                b'S' => {
-                    if let [name, value, ..] = body.split(|b| *b == 0).collect::<Vec<_>>()[..]
-                        && name == b"standard_conforming_strings"
-                    {
-                        conforming = value == b"on";
-                    }
-                }
                 b'E' => return Err(WireError::Server(server_message(&body))),
                 b'Z' => break,
-                // BackendKeyData, notices, negotiation of minor versions.
+                // Parameter statuses, BackendKeyData, notices, negotiation of minor versions.
                 _ => {}
             }
-        }
-        if !conforming {
-            return Err(protocol("standard_conforming_strings is off"));
         }
         Ok(wire)
     }
@@ -293,7 +282,51 @@ impl Wire {
         }
     }
 
-    /// Run `sql` (settings, then one `COPY … TO STDOUT`) up to the start of the COPY's data.
+    /// Make each setting with `SELECT set_config($1, $2, false)`, its name and value bound as
+    /// parameters (never spliced into SQL), all in one round trip.
+    pub async fn set(&mut self, settings: &[(String, String)]) -> Result<(), WireError> {
+        if settings.is_empty() {
+            return Ok(());
+        }
+        let mut parse = Vec::new();
+        cstr(&mut parse, "");
+        cstr(&mut parse, "SELECT set_config($1, $2, false)");
+        parse.extend_from_slice(&0i16.to_be_bytes());
+        let mut out = message(b'P', &parse);
+        for (name, value) in settings {
+            // Unnamed portal and statement, text parameters, text results.
+            let mut bind = Vec::new();
+            cstr(&mut bind, "");
+            cstr(&mut bind, "");
+            bind.extend_from_slice(&0i16.to_be_bytes());
+            bind.extend_from_slice(&2i16.to_be_bytes());
+            for v in [name, value] {
+                bind.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                bind.extend_from_slice(v.as_bytes());
+            }
+            bind.extend_from_slice(&0i16.to_be_bytes());
+            out.extend(message(b'B', &bind));
+            let mut execute = Vec::new();
+            cstr(&mut execute, "");
+            execute.extend_from_slice(&0i32.to_be_bytes());
+            out.extend(message(b'E', &execute));
+        }
+        out.extend(message(b'S', &[]));
+        self.send(&out).await?;
+        let mut failure = None;
+        loop {
+            let (tag, body) = self.next().await?;
+            match tag {
+                b'E' => failure = Some(WireError::Server(server_message(&self.buf[body]))),
+                b'Z' => break,
+                // ParseComplete, BindComplete, the rows, CommandComplete.
+                _ => {}
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Run `sql` (one `COPY … TO STDOUT`, after constant settings) up to the start of its data.
     pub async fn start_copy(&mut self, sql: &str) -> Result<(), WireError> {
         let mut out = Vec::new();
         cstr(&mut out, sql);
@@ -347,11 +380,6 @@ fn server_message(body: &[u8]) -> String {
         .find_map(|field| field.strip_prefix(b"M"))
         .map(|m| String::from_utf8_lossy(m).into_owned())
         .unwrap_or_else(|| "an error without a message".into())
-}
-
-/// A SQL string literal (the session has `standard_conforming_strings` on).
-pub fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
 }
 
 /// SCRAM-SHA-256 without channel binding (RFC 5802, RFC 7677), as libpq does it: the user name

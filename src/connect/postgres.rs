@@ -85,7 +85,8 @@ pub async fn snapshot(
     let window = read.and_then(|r| r.window.as_ref());
     // COPY takes no parameters: values are bound into session settings instead.
     let (select, params) = super::state_params(&endpoint.relation, read, ParamStyle::Setting);
-    // The settings the COPY's query reads, made again on a connection of src/connect/pgwire.rs.
+    // The settings the COPY's query reads, made again (bound) on a connection of
+    // src/connect/pgwire.rs.
     let mut settings = Vec::new();
     for (i, value) in params.iter().enumerate() {
         let name = format!("recon.p{}", i + 1);
@@ -191,7 +192,15 @@ pub async fn snapshot(
     match own_connection(endpoint, url).await {
         Some(mut wire) => {
             drop(conn);
-            wire.start_copy(&format!("{}{copy}", setup(window.is_some(), &settings)))
+            wire.set(&settings)
+                .await
+                .map_err(|e| read_error(side, "binding the saved state", e))?;
+            let utc = if window.is_some() {
+                "SET TimeZone = 'UTC'; "
+            } else {
+                ""
+            };
+            wire.start_copy(&format!("{utc}{copy}"))
                 .await
                 .map_err(|e| read_error(side, format!("starting `{copy}`"), e))?;
             wire.copy_out(&mut handle)
@@ -229,28 +238,6 @@ async fn own_connection(endpoint: &Endpoint, url: &str) -> Option<pgwire::Wire> 
             None
         }
     }
-}
-
-/// The statements that make the settings of the sqlx session on another one, before the COPY.
-fn setup(utc: bool, settings: &[(String, String)]) -> String {
-    let mut sql = String::new();
-    if utc {
-        sql.push_str("SET TimeZone = 'UTC'; ");
-    }
-    if !settings.is_empty() {
-        let calls: Vec<String> = settings
-            .iter()
-            .map(|(name, value)| {
-                format!(
-                    "set_config({}, {}, false)",
-                    pgwire::literal(name),
-                    pgwire::literal(value)
-                )
-            })
-            .collect();
-        sql.push_str(&format!("SELECT {}; ", calls.join(", ")));
-    }
-    sql
 }
 
 /// The COPY through sqlx's stream of messages.
@@ -300,22 +287,6 @@ mod tests {
 
     fn mode(url: &str) -> PgSslMode {
         pg_options(url).unwrap().get_ssl_mode()
-    }
-
-    #[test]
-    fn settings_are_made_again_as_quoted_literals() {
-        assert_eq!(setup(false, &[]), "");
-        assert_eq!(
-            setup(
-                true,
-                &[
-                    ("recon.p1".into(), "it's; DROP TABLE t; --".into()),
-                    ("recon.keys".into(), r#"[["a'b"]]"#.into()),
-                ]
-            ),
-            "SET TimeZone = 'UTC'; SELECT set_config('recon.p1', 'it''s; DROP TABLE t; --', false), \
-             set_config('recon.keys', '[[\"a''b\"]]', false); "
-        );
     }
 
     #[test]
