@@ -47,7 +47,8 @@ pub async fn check(job: &Job, progress: &Progress) -> CheckReport {
             Some(SAMPLE_ROWS),
             progress,
             None,
-            &wanted[0]
+            &wanted[0],
+            None
         ),
         connect::register(
             &ctx,
@@ -55,7 +56,8 @@ pub async fn check(job: &Job, progress: &Progress) -> CheckReport {
             Some(SAMPLE_ROWS),
             progress,
             None,
-            &wanted[1]
+            &wanted[1],
+            None
         ),
     );
     for (side, result) in Side::BOTH.into_iter().zip([source, destination]) {

@@ -112,8 +112,17 @@ pub async fn apply_plan(
     // against both).
     let ctx = crate::engine::session(job)?;
     let wanted = crate::error::Side::BOTH.map(|side| crate::connect::wanted(job, side));
-    crate::connect::register(&ctx, &job.source, Some(0), progress, None, &wanted[0]).await?;
-    crate::connect::register(&ctx, &job.destination, None, progress, None, &wanted[1]).await?;
+    crate::connect::register(&ctx, &job.source, Some(0), progress, None, &wanted[0], None).await?;
+    crate::connect::register(
+        &ctx,
+        &job.destination,
+        None,
+        progress,
+        None,
+        &wanted[1],
+        None,
+    )
+    .await?;
     let resolved = crate::diff::destination_view(&ctx, job).await?;
     let mut spool = writeback::Spool::for_job(job, options.list)?;
     let mut stale = Vec::new();

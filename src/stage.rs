@@ -47,72 +47,33 @@ pub struct KeyFacts {
 /// that is not an integer) leaves the key checks to the staged files.
 const MAX_KEY_RANGE: u64 = 1 << 26;
 
-/// Counts one integer column's NULLs and duplicated values as batches go by, with two bitmaps
-/// (seen, seen twice) over the values' range, grown as values outside it arrive.
+/// Counts duplicated integers with two bitmaps (seen, seen twice) over the values' range, grown
+/// (at least doubling, so linear overall) as values outside it arrive, in any order.
 #[derive(Debug)]
-struct KeyTracker {
-    column: String,
-    facts: KeyFacts,
+pub struct KeyBitmap {
+    /// Widest range held, in values (at least one word of 64).
+    max_range: u64,
     /// The value of bit 0 (a multiple of 64), and the bitmaps, a word per 64 values.
     base: i128,
     seen: Vec<u64>,
     twice: Vec<u64>,
-    valid: bool,
+    /// Values seen more than once, each counted once.
+    pub duplicates: u64,
 }
 
-impl KeyTracker {
-    fn new(column: &str) -> KeyTracker {
-        KeyTracker {
-            column: column.to_string(),
-            facts: KeyFacts {
-                rows: 0,
-                nulls: 0,
-                duplicates: 0,
-            },
+impl KeyBitmap {
+    pub fn new(max_range: u64) -> KeyBitmap {
+        KeyBitmap {
+            max_range: max_range.max(64),
             base: 0,
             seen: Vec::new(),
             twice: Vec::new(),
-            valid: true,
+            duplicates: 0,
         }
     }
 
-    fn push(&mut self, batch: &RecordBatch) {
-        use datafusion::arrow::array::Array;
-        use datafusion::arrow::compute::cast;
-        use datafusion::arrow::datatypes::{DataType, Int64Type};
-        if !self.valid {
-            return;
-        }
-        let Some(column) = batch.column_by_name(&self.column) else {
-            return self.give_up();
-        };
-        let wide = match column.data_type() {
-            t if t.is_integer() && t != &DataType::UInt64 => cast(column, &DataType::Int64),
-            _ => return self.give_up(),
-        };
-        let Ok(wide) = wide else {
-            return self.give_up();
-        };
-        let values = datafusion::arrow::array::AsArray::as_primitive::<Int64Type>(&wide);
-        self.facts.rows += values.len() as u64;
-        self.facts.nulls += values.null_count() as u64;
-        let mut add = |v: i64| self.add(v);
-        match values.null_count() {
-            0 => values.values().iter().for_each(|v| add(*v)),
-            _ => values.iter().flatten().for_each(add),
-        }
-    }
-
-    fn give_up(&mut self) {
-        self.valid = false;
-        self.seen = Vec::new();
-        self.twice = Vec::new();
-    }
-
-    fn add(&mut self, v: i64) {
-        if !self.valid {
-            return;
-        }
+    /// Count `v`; `false` when holding it would take the range past the widest allowed.
+    pub fn add(&mut self, v: i64) -> bool {
         let v = v as i128;
         if self.seen.is_empty() {
             self.base = v - v.rem_euclid(64);
@@ -121,19 +82,21 @@ impl KeyTracker {
         }
         let end = self.base + 64 * self.seen.len() as i128;
         if v < self.base || v >= end {
-            // Grow to hold v, at least doubling, so that growing costs linear time overall.
             let words = self.seen.len() as i128;
-            let (low, high) = if v < self.base {
-                let need = (self.base - v + 63) / 64;
-                (need.max(words), 0)
-            } else {
-                let need = (v - end) / 64 + 1;
-                (0, need.max(words))
+            let need = match v < self.base {
+                true => (self.base - v + 63) / 64,
+                false => (v - end) / 64 + 1,
             };
-            let total = words + low + high;
-            if total as u128 * 64 > MAX_KEY_RANGE as u128 {
-                return self.give_up();
+            // Grow by at least the current size (linear overall), within the widest range.
+            let cap = (self.max_range / 64) as i128;
+            if words + need > cap {
+                return false;
             }
+            let grow = need.max(words).min(cap - words);
+            let (low, total) = match v < self.base {
+                true => (grow, words + grow),
+                false => (0, words + grow),
+            };
             for map in [&mut self.seen, &mut self.twice] {
                 let mut grown = vec![0u64; total as usize];
                 grown[low as usize..(low + words) as usize].copy_from_slice(map);
@@ -147,8 +110,68 @@ impl KeyTracker {
             self.seen[word] |= bit;
         } else if self.twice[word] & bit == 0 {
             self.twice[word] |= bit;
-            self.facts.duplicates += 1;
+            self.duplicates += 1;
         }
+        true
+    }
+}
+
+/// Counts one integer column's rows, NULLs and duplicated values as batches go by.
+#[derive(Debug)]
+struct KeyTracker {
+    column: String,
+    rows: u64,
+    nulls: u64,
+    /// `None` once the column could not be tracked (not an integer, too wide a range).
+    bitmap: Option<KeyBitmap>,
+}
+
+impl KeyTracker {
+    fn new(column: &str) -> KeyTracker {
+        KeyTracker {
+            column: column.to_string(),
+            rows: 0,
+            nulls: 0,
+            bitmap: Some(KeyBitmap::new(MAX_KEY_RANGE)),
+        }
+    }
+
+    fn push(&mut self, batch: &RecordBatch) {
+        use datafusion::arrow::array::Array;
+        use datafusion::arrow::compute::cast;
+        use datafusion::arrow::datatypes::{DataType, Int64Type};
+        let Some(bitmap) = self.bitmap.as_mut() else {
+            return;
+        };
+        let wide = match batch.column_by_name(&self.column) {
+            Some(c) if c.data_type().is_integer() && c.data_type() != &DataType::UInt64 => {
+                cast(c, &DataType::Int64).ok()
+            }
+            _ => None,
+        };
+        let Some(wide) = wide else {
+            self.bitmap = None;
+            return;
+        };
+        let values = datafusion::arrow::array::AsArray::as_primitive::<Int64Type>(&wide);
+        self.rows += values.len() as u64;
+        self.nulls += values.null_count() as u64;
+        let held = match values.null_count() {
+            0 => values.values().iter().all(|v| bitmap.add(*v)),
+            _ => values.iter().flatten().all(|v| bitmap.add(v)),
+        };
+        if !held {
+            self.bitmap = None;
+        }
+    }
+
+    /// The counts, when the column could be tracked all along.
+    fn facts(&self) -> Option<KeyFacts> {
+        self.bitmap.as_ref().map(|b| KeyFacts {
+            rows: self.rows,
+            nulls: self.nulls,
+            duplicates: b.duplicates,
+        })
     }
 }
 
@@ -267,8 +290,8 @@ impl Stager {
         let key = self
             .key
             .take()
-            .filter(|k| k.valid && k.facts.rows == rows as u64)
-            .map(|k| k.facts);
+            .and_then(|k| k.facts())
+            .filter(|f| f.rows == rows as u64);
         Ok(Staged {
             dir: self.dir.clone(),
             schema,
@@ -364,14 +387,13 @@ mod tests {
             None,
         ]))));
         t.push(&batch(Arc::new(Int64Array::from(vec![9999]))));
-        assert!(t.valid);
         assert_eq!(
-            t.facts,
-            KeyFacts {
+            t.facts(),
+            Some(KeyFacts {
                 rows: 10_007,
                 nulls: 2,
                 duplicates: 3
-            }
+            })
         );
         // Extreme values: tracked while the range stays narrow.
         let mut t = KeyTracker::new("k");
@@ -380,13 +402,12 @@ mod tests {
             i64::MAX - 5,
             i64::MAX,
         ]))));
-        assert!(t.valid);
-        assert_eq!(t.facts.duplicates, 1);
+        assert_eq!(t.facts().map(|f| f.duplicates), Some(1));
         // Too wide a range, or a key that is not an integer: left to the staged files.
         t.push(&batch(Arc::new(Int64Array::from(vec![i64::MIN]))));
-        assert!(!t.valid);
+        assert_eq!(t.facts(), None);
         let mut t = KeyTracker::new("k");
         t.push(&batch(Arc::new(StringArray::from(vec!["a"]))));
-        assert!(!t.valid);
+        assert_eq!(t.facts(), None);
     }
 }

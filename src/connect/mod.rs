@@ -68,7 +68,7 @@ pub async fn register_both(
                 let what = format!("reading the {}", endpoint.side);
                 let work = async move {
                     let read = read.as_ref();
-                    register_keyed(&ctx, &endpoint, limit, &progress, read, &wanted, key).await
+                    register(&ctx, &endpoint, limit, &progress, read, &wanted, key).await
                 };
                 match database {
                     true => crate::engine::on_own_task(what, work).await,
@@ -83,7 +83,7 @@ pub async fn register_both(
         return Ok(());
     }
     // Incremental mode: read the source window first, then only the destination rows with its keys.
-    register_keyed(
+    register(
         ctx,
         &job.source,
         limit,
@@ -98,7 +98,7 @@ pub async fn register_both(
         keys,
         ..SourceRead::default()
     };
-    register_keyed(
+    register(
         ctx,
         &job.destination,
         limit,
@@ -160,18 +160,6 @@ async fn window_keys(ctx: &SessionContext, job: &Job) -> Result<Option<KeyFilter
     }))
 }
 
-/// Register one side's snapshot in `ctx` under the side's name.
-pub async fn register(
-    ctx: &SessionContext,
-    endpoint: &Endpoint,
-    limit: Option<usize>,
-    progress: &Progress,
-    read: Option<&SourceRead>,
-    wanted: &[String],
-) -> Result<()> {
-    register_keyed(ctx, endpoint, limit, progress, read, wanted, None).await
-}
-
 /// The side's key column when the match has one: its NULLs and duplicates are counted as a
 /// database side is staged (src/stage.rs), and the key checks use those counts.
 fn single_key(job: &Job, side: Side) -> Option<String> {
@@ -184,8 +172,9 @@ fn single_key(job: &Job, side: Side) -> Option<String> {
     }
 }
 
-/// [`register`], counting the key column `key`'s NULLs and duplicates while staging.
-async fn register_keyed(
+/// Register one side's snapshot in `ctx` under the side's name; with `key` (see
+/// [`single_key`]), its NULLs and duplicates are counted while a database side is staged.
+pub async fn register(
     ctx: &SessionContext,
     endpoint: &Endpoint,
     limit: Option<usize>,

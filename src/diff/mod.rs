@@ -529,28 +529,12 @@ async fn integer_key_counts(ctx: &SessionContext, alias: &str) -> Result<(u64, u
     Ok((rows, nulls, duplicated(keys)))
 }
 
-/// How many values occur more than once.
+/// How many values occur more than once: with a bitmap over their range when the keys are dense
+/// (at most 32 bits a key), else by sorting.
 fn duplicated(mut keys: Vec<i64>) -> u64 {
-    let (Some(&min), Some(&max)) = (keys.iter().min(), keys.iter().max()) else {
-        return 0;
-    };
-    let range = (max as i128 - min as i128 + 1) as u128;
-    // Dense keys: two bits per value of the range, at most 32 bits a key.
-    if range <= 16 * keys.len() as u128 {
-        let words = (range as usize).div_ceil(64);
-        let (mut seen, mut twice) = (vec![0u64; words], vec![0u64; words]);
-        let mut duplicates = 0;
-        for k in keys {
-            let at = (k as i128 - min as i128) as usize;
-            let (word, bit) = (at / 64, 1u64 << (at % 64));
-            if seen[word] & bit == 0 {
-                seen[word] |= bit;
-            } else if twice[word] & bit == 0 {
-                twice[word] |= bit;
-                duplicates += 1;
-            }
-        }
-        return duplicates;
+    let mut bitmap = crate::stage::KeyBitmap::new(16 * keys.len() as u64);
+    if keys.iter().all(|k| bitmap.add(*k)) {
+        return bitmap.duplicates;
     }
     keys.sort_unstable();
     keys.chunk_by(|a, b| a == b)

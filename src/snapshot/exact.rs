@@ -24,9 +24,9 @@ pub fn finish_decimal(values: Vec<Option<(i256, u32)>>) -> std::result::Result<A
             "a value has {scale} digits after the decimal point; recon holds at most {DIGITS_256} exactly (round it or cast it to text in a `query`)"
         ));
     }
+    let limit_128 = i256::from_i128(10).wrapping_pow(DIGITS_128);
     // Most often every value already has the column's scale and fits 38 digits.
-    let limit = 10i128.pow(DIGITS_128);
-    let fits = |(m, s): &(i256, u32)| *s == scale && m.to_i128().is_some_and(|v| v.abs() < limit);
+    let fits = |(m, s): &(i256, u32)| *s == scale && m.wrapping_abs() < limit_128;
     if scale <= DIGITS_128 && values.iter().flatten().all(fits) {
         let array: Decimal128Array = values.iter().map(|v| v.map(|(m, _)| m.as_i128())).collect();
         return Ok(Arc::new(
@@ -37,7 +37,6 @@ pub fn finish_decimal(values: Vec<Option<(i256, u32)>>) -> std::result::Result<A
     }
     let mut rescaled = Vec::with_capacity(values.len());
     let mut wide = scale > DIGITS_128;
-    let limit_128 = i256::from_i128(10).wrapping_pow(DIGITS_128);
     for value in values {
         let Some((m, s)) = value else {
             rescaled.push(None);

@@ -444,12 +444,12 @@ async fn connect(job: &Job, target: &Target) -> Result<Writer> {
     })
 }
 
-/// A batch for a writer: the compared columns it writes, and its changes.
+/// Changes for a writer: the compared columns they write, and the changes.
 type Batch = (Vec<usize>, Vec<Change>);
 
 /// Changes by the compared columns they write (of `compared`): every column for inserts, none
 /// for deletes, the changed ones for updates.
-fn groups(compared: usize, action: Action, chunk: Vec<Change>) -> Vec<(Vec<usize>, Vec<Change>)> {
+fn groups(compared: usize, action: Action, chunk: Vec<Change>) -> Vec<Batch> {
     let all: Vec<usize> = (0..compared).collect();
     match action {
         Action::Insert => vec![(all, chunk)],
