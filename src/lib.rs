@@ -133,7 +133,9 @@ pub async fn diff_snapshots(
     let work = engine::work_dir(&ctx)?;
     let sizes = [&job.source, &job.destination].map(|e| match &e.location {
         config::Location::File(path, _) => engine::size_of(path),
-        _ => engine::size_of(&work.path().join(e.side.name())),
+        _ => engine::staged(&ctx, e.side)
+            .held_bytes
+            .unwrap_or_else(|| engine::size_of(&work.path().join(e.side.name()))),
     });
     // A diff_query runs in one pass (its SQL is the user's): join in constant memory instead.
     let passes = match job.diff_query {

@@ -1,18 +1,25 @@
-//! Staging: a database side is read once, and its batches are written as they arrive to Arrow
-//! IPC files in the run's work folder (src/engine.rs), never held in memory. The key checks, the
-//! counts and the diff then read those local files, as often as they need.
+//! Staging: a database side is read once. Its batches are held in memory while they fit a share
+//! of the memory budget (an eighth: the share a side may take for the diff to run in one pass,
+//! src/diff/bucket.rs), so a side that fits is never written out. Past that share the batches go
+//! to Arrow IPC files in the run's work folder (src/engine.rs) as they arrive, split by the hash
+//! of the side's key column into [`BUCKETS`] folders, which the diff's passes take as they are:
+//! a large side is not read back to be split after it is read. The key checks, the counts and
+//! the diff then read the held batches or those local files, as often as they need.
 //!
 //! Batches of one side can differ in type (a SQLite column holding integers in one batch and
 //! reals in the next, a PostgreSQL `numeric` whose scale grows): each run of same-typed batches
 //! goes to its own segment file. When the side is read, the columns whose types differ are read
 //! back once to choose one exact type ([`Facts`]), and the segments not of that type are
-//! rewritten, batch by batch.
+//! rewritten, batch by batch. (Held batches of different types are written out to be brought
+//! to one type the same way.)
 
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use datafusion::arrow::array::UInt32Array;
+use datafusion::arrow::compute::BatchCoalescer;
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::FileWriter;
@@ -32,6 +39,13 @@ pub struct Staged {
     pub rows: usize,
     /// The key checks' counts for the tracked key column, when it could be tracked.
     pub key: Option<KeyFacts>,
+    /// The side's batches when they fit what may be held in memory ([`Stager::hold`]):
+    /// nothing was written to `dir`.
+    pub held: Option<Vec<RecordBatch>>,
+    /// The held batches' bytes in memory.
+    pub bytes: Option<u64>,
+    /// Staged in [`BUCKETS`] folders (`dir/bucket=NN`) by the hash of the key column as staged.
+    pub bucketed: bool,
 }
 
 /// Rows, NULL keys and duplicated keys of a side whose key is one integer column, counted as
@@ -181,19 +195,64 @@ struct Segment {
     rows: usize,
 }
 
+/// A folder being written to, with its open segment (the writer and its index in `segments`).
+struct Lane {
+    dir: PathBuf,
+    open: Option<(FileWriter<BufWriter<File>>, usize)>,
+}
+
+/// A side's first batches, held in memory until they outgrow `limit` bytes.
+struct Hold {
+    limit: usize,
+    bytes: usize,
+    batches: Vec<RecordBatch>,
+}
+
+/// Rows gathered per bucket ([`BUCKETS`] of them) before they are written, all of one schema.
+struct Split {
+    schema: SchemaRef,
+    key: usize,
+    coalescers: Vec<BatchCoalescer>,
+    indices: Vec<Vec<u32>>,
+    hashes: Vec<u64>,
+}
+
+/// Buckets a side is staged in once it outgrows what is held: the diff's passes each take a
+/// share of them (bucket `b` goes to pass `b % passes`, src/diff/bucket.rs), so a large side is
+/// not read back and split after it is read.
+pub const BUCKETS: usize = 32;
+
+/// A bucket's folder under the side's: named as a Hive partition (`bucket=07`), so that
+/// DataFusion reads it as part of the side's folder (it skips other subfolders).
+pub fn bucket_folder(bucket: usize) -> String {
+    format!("bucket={bucket:02}")
+}
+
+/// Rows gathered per bucket before they are written: all buckets together wait with about one
+/// segment's worth of rows.
+const BUCKET_ROWS: usize = SEGMENT_ROWS / BUCKETS;
+
 /// Writes one side's batches to segment files as they arrive.
 pub struct Stager {
     dir: PathBuf,
     segments: Vec<Segment>,
-    writer: Option<FileWriter<BufWriter<File>>>,
+    /// The side's folder; or, once the rows are split, one folder per bucket (`dir/bucket=NN`).
+    lanes: Vec<Lane>,
     key: Option<KeyTracker>,
+    hold: Option<Hold>,
+    /// The key column the rows are split by, when they outgrow what is held.
+    bucket_key: Option<String>,
+    split: Option<Split>,
 }
-
 fn io(column: &str, e: impl std::fmt::Display) -> ColumnError {
     ColumnError {
         column: column.to_string(),
         message: format!("staging the snapshot in the work folder: {e}"),
     }
+}
+
+fn arrow(e: datafusion::arrow::error::ArrowError) -> ColumnError {
+    io("", e)
 }
 
 impl Stager {
@@ -208,10 +267,16 @@ impl Stager {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         Ok(Stager {
+            lanes: vec![Lane {
+                dir: dir.clone(),
+                open: None,
+            }],
             dir,
             segments: Vec::new(),
-            writer: None,
             key: None,
+            hold: None,
+            bucket_key: None,
+            split: None,
         })
     }
 
@@ -221,55 +286,198 @@ impl Stager {
         self.key = Some(KeyTracker::new(column));
     }
 
-    /// Write one batch. Connectors push at least one batch (empty when the side has no rows) so
+    /// Hold the side's batches in memory while they take at most `limit` bytes (a side that
+    /// fits is never written: [`Staged::held`]); past that, write them out, split into
+    /// [`BUCKETS`] by the hash of `key` (the side's one key column) when there is one.
+    pub fn hold(&mut self, limit: usize, key: Option<String>) {
+        self.hold = Some(Hold {
+            limit,
+            bytes: 0,
+            batches: Vec::new(),
+        });
+        self.bucket_key = key;
+    }
+
+    /// Take one batch. Connectors push at least one batch (empty when the side has no rows) so
     /// that the columns are known.
     pub fn push(&mut self, batch: RecordBatch) -> Result<(), ColumnError> {
-        // A new segment when the type changes, and every SEGMENT_ROWS rows: DataFusion reads an
-        // IPC file a whole file at a time, so small files keep every scan's memory small.
-        let same = self
-            .segments
-            .last()
-            .is_some_and(|s| s.schema == batch.schema() && s.rows < SEGMENT_ROWS);
-        if batch.num_rows() == 0 && !self.segments.is_empty() {
+        let started =
+            !self.segments.is_empty() || self.hold.as_ref().is_some_and(|h| !h.batches.is_empty());
+        if batch.num_rows() == 0 && started {
             return Ok(());
         }
         if let Some(key) = self.key.as_mut() {
             key.push(&batch);
         }
+        let Some(hold) = self.hold.as_mut() else {
+            return self.write(batch);
+        };
+        hold.bytes += batch.get_array_memory_size();
+        hold.batches.push(batch);
+        if hold.bytes <= hold.limit {
+            return Ok(());
+        }
+        // Outgrown: written from now on, in buckets when the side has one key column.
+        let held = std::mem::take(&mut hold.batches);
+        self.hold = None;
+        if self.bucket_key.is_some() {
+            self.lanes = (0..BUCKETS)
+                .map(|b| Lane {
+                    dir: self.dir.join(bucket_folder(b)),
+                    open: None,
+                })
+                .collect();
+            for lane in &self.lanes {
+                std::fs::create_dir_all(&lane.dir).map_err(|e| io("", e))?;
+            }
+        }
+        for batch in held {
+            self.write(batch)?;
+        }
+        Ok(())
+    }
+
+    /// Write a batch to the side's folder, or split it into the buckets' folders.
+    fn write(&mut self, batch: RecordBatch) -> Result<(), ColumnError> {
+        let Some(key) = self
+            .bucket_key
+            .clone()
+            .filter(|_| self.lanes.len() == BUCKETS)
+        else {
+            return self.write_lane(0, batch);
+        };
+        if self
+            .split
+            .as_ref()
+            .is_some_and(|s| s.schema != batch.schema())
+        {
+            self.flush_split()?;
+        }
+        if self.split.is_none() {
+            let schema = batch.schema();
+            let key = schema.index_of(&key).map_err(|e| io(&key, e))?;
+            self.split = Some(Split {
+                coalescers: (0..BUCKETS)
+                    .map(|_| BatchCoalescer::new(schema.clone(), BUCKET_ROWS))
+                    .collect(),
+                schema,
+                key,
+                indices: vec![Vec::new(); BUCKETS],
+                hashes: Vec::new(),
+            });
+        }
+        let mut done = Vec::new();
+        if let Some(split) = self.split.as_mut() {
+            split.hashes.clear();
+            split.hashes.resize(batch.num_rows(), 0);
+            crate::diff::bucket_hashes(&[batch.column(split.key).clone()], &mut split.hashes)
+                .map_err(|e| io("", e))?;
+            for (row, h) in split.hashes.iter().enumerate() {
+                split.indices[(*h % BUCKETS as u64) as usize].push(row as u32);
+            }
+            for (b, rows) in split.indices.iter_mut().enumerate() {
+                if rows.is_empty() {
+                    continue;
+                }
+                let taken = UInt32Array::from(std::mem::take(rows));
+                let coalescer = &mut split.coalescers[b];
+                coalescer
+                    .push_batch_with_indices(batch.clone(), &taken)
+                    .map_err(arrow)?;
+                while let Some(full) = coalescer.next_completed_batch() {
+                    done.push((b, full));
+                }
+            }
+        }
+        for (b, full) in done {
+            self.write_lane(b, full)?;
+        }
+        Ok(())
+    }
+
+    /// Write the rows still gathered per bucket.
+    fn flush_split(&mut self) -> Result<(), ColumnError> {
+        let Some(mut split) = self.split.take() else {
+            return Ok(());
+        };
+        for (b, coalescer) in split.coalescers.iter_mut().enumerate() {
+            coalescer.finish_buffered_batch().map_err(arrow)?;
+            while let Some(full) = coalescer.next_completed_batch() {
+                self.write_lane(b, full)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write a batch to a lane's open segment, or to a new one: when the type changes, and
+    /// every SEGMENT_ROWS rows (DataFusion reads an IPC file a whole file at a time, so small
+    /// files keep every scan's memory small). Segment names are unique across lanes.
+    fn write_lane(&mut self, lane: usize, batch: RecordBatch) -> Result<(), ColumnError> {
+        let same = self.lanes[lane].open.as_ref().is_some_and(|(_, i)| {
+            let s = &self.segments[*i];
+            s.schema == batch.schema() && s.rows < SEGMENT_ROWS
+        });
         if !same {
-            self.close()?;
-            let path = self
+            if let Some((mut w, _)) = self.lanes[lane].open.take() {
+                w.finish().map_err(arrow)?;
+            }
+            let path = self.lanes[lane]
                 .dir
                 .join(format!("part-{:05}.arrow", self.segments.len()));
             let file = File::create(&path).map_err(|e| io("", e))?;
-            let writer = FileWriter::try_new(BufWriter::new(file), &batch.schema())
-                .map_err(|e| io("", e))?;
-            self.writer = Some(writer);
+            let writer =
+                FileWriter::try_new(BufWriter::new(file), &batch.schema()).map_err(arrow)?;
+            self.lanes[lane].open = Some((writer, self.segments.len()));
             self.segments.push(Segment {
                 path,
                 schema: batch.schema(),
                 rows: 0,
             });
         }
-        if let (Some(w), Some(s)) = (self.writer.as_mut(), self.segments.last_mut()) {
-            w.write(&batch).map_err(|e| io("", e))?;
-            s.rows += batch.num_rows();
+        if let Some((w, i)) = self.lanes[lane].open.as_mut() {
+            w.write(&batch).map_err(arrow)?;
+            self.segments[*i].rows += batch.num_rows();
         }
         Ok(())
     }
 
-    fn close(&mut self) -> Result<(), ColumnError> {
-        if let Some(mut w) = self.writer.take() {
-            w.finish().map_err(|e| io("", e))?;
-        }
-        Ok(())
-    }
-
-    /// Close the last segment and bring every segment to one schema.
+    /// Close every segment and bring them to one schema; or hand over the held batches.
     pub fn finish(mut self) -> Result<Staged, ColumnError> {
-        self.close()?;
+        let key = self.key.take().and_then(|k| k.facts());
+        if let Some(hold) = self.hold.take() {
+            let schema = hold.batches.first().map(|b| b.schema());
+            match schema {
+                Some(schema) if hold.batches.iter().all(|b| b.schema() == schema) => {
+                    let rows = hold.batches.iter().map(|b| b.num_rows()).sum();
+                    return Ok(Staged {
+                        dir: self.dir.clone(),
+                        schema,
+                        rows,
+                        key: key.filter(|f| f.rows == rows as u64),
+                        held: Some(hold.batches),
+                        bytes: Some(hold.bytes as u64),
+                        bucketed: false,
+                    });
+                }
+                // Batches of different types are brought to one type in files, as below.
+                _ => {
+                    for batch in hold.batches {
+                        self.write(batch)?;
+                    }
+                }
+            }
+        }
+        self.flush_split()?;
+        for lane in self.lanes.iter_mut() {
+            if let Some((mut w, _)) = lane.open.take() {
+                w.finish().map_err(arrow)?;
+            }
+        }
+        let bucketed = self.lanes.len() == BUCKETS;
         let mut segments = std::mem::take(&mut self.segments);
-        if segments.len() > 1 {
+        // Empty segments go, except in buckets (each bucket keeps its files' schema) or when
+        // the side is empty.
+        if segments.len() > 1 && !bucketed {
             for s in segments.iter().filter(|s| s.rows == 0) {
                 let _ = std::fs::remove_file(&s.path);
             }
@@ -287,16 +495,23 @@ impl Stager {
         for segment in segments.iter().filter(|s| s.schema != schema) {
             rewrite(segment, &schema)?;
         }
-        let key = self
-            .key
-            .take()
-            .and_then(|k| k.facts())
-            .filter(|f| f.rows == rows as u64);
+        // The buckets hold when the key was hashed in the type it is staged in.
+        let bucketed = bucketed
+            && self.bucket_key.as_ref().is_some_and(|k| {
+                let field = schema.field_with_name(k).ok();
+                segments.iter().all(|s| {
+                    s.schema.field_with_name(k).ok().map(|f| f.data_type())
+                        == field.map(|f| f.data_type())
+                })
+            });
         Ok(Staged {
             dir: self.dir.clone(),
             schema,
             rows,
-            key,
+            key: key.filter(|f| f.rows == rows as u64),
+            held: None,
+            bytes: None,
+            bucketed,
         })
     }
 }

@@ -119,6 +119,68 @@ async fn plan_and_apply_under_a_small_memory_limit_give_exact_counts() {
 }
 
 #[tokio::test]
+async fn sides_staged_in_buckets_and_sides_split_after_meet_in_the_same_passes() {
+    // Under an 8 MB budget a side outgrows what is held and is staged in buckets by its key as
+    // read; a key compared in another type (an `int` destination against a `bigint` source)
+    // cannot use them, and that side is split after it is read: the same keys must meet.
+    let url = postgres(
+        "buckets_meet",
+        &format!(
+            "{}
+             ALTER TABLE s ALTER COLUMN k TYPE bigint;
+             ALTER TABLE s ADD COLUMN code text; UPDATE s SET code = 'c-' || k;
+             ALTER TABLE d ADD COLUMN code text; UPDATE d SET code = 'c-' || k;",
+            drift(200_000)
+        ),
+    )
+    .await;
+    let (insert, update, delete) = expected(&url).await;
+    let f = Folder::new();
+    let counts = |key: &str, grouped: &[&str], split: &[&str]| {
+        f.write("job.toml", &job(&url).replace("k = \"k\"", key));
+        let (code, out, err) = recon(
+            &[
+                "plan",
+                "job.toml",
+                "-f",
+                "json",
+                "--limit",
+                "0",
+                "--memory-limit",
+                "8MB",
+                "-vv",
+            ],
+            f.dir.path(),
+        );
+        assert_eq!(code, 0, "{err}");
+        for side in grouped {
+            let line = format!("buckets staged as read, grouped into passes side={side}");
+            assert!(err.contains(&line), "{side} not grouped: {err}");
+        }
+        for side in split {
+            let line = format!("split into passes side={side}");
+            assert!(err.contains(&line), "{side} not split: {err}");
+        }
+        let s = json(&out)["summary"].clone();
+        (
+            s["insert"].as_i64().unwrap(),
+            s["update"].as_i64().unwrap(),
+            s["delete"].as_i64().unwrap(),
+        )
+    };
+    // bigint against int: the source's buckets, the destination split.
+    assert_eq!(
+        counts("k = \"k\"", &["source"], &["destination"]),
+        (insert, update, delete)
+    );
+    // A text key of one type on both sides: both sides' buckets.
+    assert_eq!(
+        counts("code = \"code\"", &["source", "destination"], &[]),
+        (insert, update, delete)
+    );
+}
+
+#[tokio::test]
 async fn duplicate_and_null_keys_are_counted_across_passes() {
     // The source split into buckets under an 8 MB budget: each duplicated key is counted once,
     // in the one bucket its copies share, and the NULL keys with them.

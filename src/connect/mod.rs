@@ -34,6 +34,7 @@ use crate::snapshot::BATCH_ROWS;
 use crate::stage::{Staged, Stager};
 use crate::watermark::{Bound, KeyFilter, ParamStyle, SourceRead};
 use datafusion::arrow::record_batch::RecordBatch;
+use std::sync::Arc;
 
 /// Register both sides' snapshots in `ctx` as `source` and `destination`. With `limit`, only
 /// that many rows of each database side are read (used by `check` to sample).
@@ -194,23 +195,55 @@ pub async fn register(
         }
         location => {
             let work = crate::engine::work_dir(ctx)?;
+            // A side that fits an eighth of the budget stays in memory (the diff then runs in
+            // one pass, src/diff/bucket.rs); a larger one is staged in buckets by its one key
+            // column. An API's window is applied after staging (below): its staged rows are
+            // not the side's rows, so neither its key counts nor its buckets stand.
+            let api = matches!(location, Location::Http(_));
+            let hold = Hold {
+                bytes: (crate::engine::memory_limit(ctx) / 8) as usize,
+                key,
+                buckets: !api,
+            };
             let staged =
-                read_database(endpoint, limit, progress, read, wanted, work.path(), key).await?;
-            // An API's window is applied after staging (below): its staged rows are not the
-            // side's rows.
-            if !matches!(location, Location::Http(_)) {
-                crate::engine::set_staged_key(ctx, endpoint.side, staged.key);
+                read_database(endpoint, limit, progress, read, wanted, work.path(), hold).await?;
+            if !api {
+                crate::engine::set_staged(
+                    ctx,
+                    endpoint.side,
+                    crate::engine::SideFacts {
+                        key: staged.key,
+                        held_bytes: staged.bytes,
+                        bucketed: staged.bucketed,
+                    },
+                );
             }
             staged
         }
     };
-    let options = ArrowReadOptions {
-        schema: Some(&snapshot.schema),
-        file_extension: ".arrow",
-        ..Default::default()
-    };
-    let dir = format!("{}/", snapshot.dir.display());
-    ctx.register_arrow(name, &dir, options).await?;
+    match snapshot.held {
+        Some(batches) => {
+            let bytes = snapshot.bytes.unwrap_or_default() as usize;
+            crate::engine::account_held(ctx, format!("the {name} snapshot"), bytes);
+            // Spread over the session's partitions, so that scans of it run on every core.
+            let n = ctx.state().config().target_partitions().max(1);
+            let mut partitions = vec![Vec::new(); n];
+            for (i, batch) in batches.into_iter().enumerate() {
+                partitions[i % n].push(batch);
+            }
+            let table = datafusion::datasource::MemTable::try_new(snapshot.schema, partitions)?;
+            ctx.register_table(name, Arc::new(table))?;
+        }
+        None => {
+            let options = ArrowReadOptions {
+                schema: Some(&snapshot.schema),
+                file_extension: ".arrow",
+                ..Default::default()
+            };
+            let dir = format!("{}/", snapshot.dir.display());
+            ctx.register_arrow(name, &dir, options).await?;
+        }
+    }
     // An API may not filter by the watermark (or be told to): the window applies here too.
     match (&endpoint.location, read.and_then(|r| r.window.as_ref())) {
         (Location::Http(_), Some(w)) => filter_file(ctx, name, w).await,
@@ -218,7 +251,18 @@ pub async fn register(
     }
 }
 
-/// Read a database side once, staging its batches in the work folder as they arrive.
+/// How a side is held while it is read (src/stage.rs [`Stager::hold`]).
+struct Hold {
+    /// Bytes held in memory at most.
+    bytes: usize,
+    /// The side's one key column: its NULLs and duplicates are counted as it is read, and a
+    /// larger side is split by it into buckets (when `buckets`).
+    key: Option<String>,
+    buckets: bool,
+}
+
+/// Read a database side once, holding its batches in memory while they fit `hold`, else staging
+/// them in the work folder as they arrive.
 async fn read_database(
     endpoint: &Endpoint,
     limit: Option<usize>,
@@ -226,7 +270,7 @@ async fn read_database(
     read: Option<&SourceRead>,
     wanted: &[String],
     work: &std::path::Path,
-    key: Option<String>,
+    hold: Hold,
 ) -> Result<Staged> {
     let side = endpoint.side;
     let counter = progress.rows(side);
@@ -234,9 +278,10 @@ async fn read_database(
         path: work.to_path_buf(),
         source: e,
     })?;
-    if let Some(key) = key {
-        stager.track_key(&key);
+    if let Some(key) = &hold.key {
+        stager.track_key(key);
     }
+    stager.hold(hold.bytes, hold.key.filter(|_| hold.buckets));
     let out = &mut stager;
     match &endpoint.location {
         Location::Postgres(url) => {

@@ -23,6 +23,8 @@ use datafusion::logical_expr::{
 use datafusion::prelude::{Expr, SessionContext, ident, lit};
 use futures::StreamExt;
 
+use crate::stage::BUCKETS;
+
 /// `recon_bucket(n, k0, k1, …)`: the bucket (0..n) of a key, stable across runs and sides.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct Bucket {
@@ -72,10 +74,27 @@ impl ScalarUDFImpl for Bucket {
             .downcast_ref::<Int64Array>()
             .map_or(1, |a| a.value(0).max(1)) as u64;
         let mut hashes = vec![0u64; rows];
-        create_hashes(keys, &HASH_STATE, &mut hashes)?;
-        let buckets: Int64Array = hashes.iter().map(|h| (h % n) as i64).collect();
+        hash(keys, &mut hashes)?;
+        let buckets: Int64Array = hashes.iter().map(|h| of_hash(*h, n) as i64).collect();
         Ok(ColumnarValue::Array(Arc::new(buckets)))
     }
+}
+
+/// The pass (of `n`) a key's hash goes to: the stager's bucket (`hash % BUCKETS`,
+/// src/stage.rs) modulo `n` when there are no more passes than buckets, so that a side staged in
+/// buckets is grouped into passes without being read again ([`group`]).
+pub fn of_hash(hash: u64, n: u64) -> u64 {
+    match n <= BUCKETS as u64 {
+        true => (hash % BUCKETS as u64) % n,
+        false => hash % n,
+    }
+}
+
+/// The bucket hash of each row of `keys` (the key columns) into `hashes` (one per row): bucket
+/// `hash % n` of `n`. The stager (src/stage.rs) splits a large side with it as it is read.
+pub fn hash(keys: &[ArrayRef], hashes: &mut [u64]) -> Result<()> {
+    create_hashes(keys, &HASH_STATE, hashes)?;
+    Ok(())
 }
 
 /// The column holding each row's bucket while a side is split.
@@ -150,6 +169,51 @@ pub async fn split(
             stager.push(done).map_err(stage_error)?;
         }
         stager.finish().map_err(stage_error)?;
+    }
+    Ok(folders)
+}
+
+/// Group a side staged in buckets (src/stage.rs: folders `from/bucket=NN`) into `passes` folders
+/// under `dir` (no more than the buckets), moving its files: bucket `b` goes to pass
+/// `b % passes`, which is where [`split`] puts the same keys ([`of_hash`]). Each folder also
+/// gets an empty file of the side's schema. Returns the folders.
+pub async fn group(
+    ctx: &SessionContext,
+    table: &str,
+    from: &Path,
+    passes: u64,
+    dir: &Path,
+) -> crate::error::Result<Vec<PathBuf>> {
+    use crate::error::Error;
+    use crate::stage::{Stager, bucket_folder};
+    let schema = Arc::new(ctx.table(table).await?.schema().as_arrow().clone());
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    let mut folders = Vec::with_capacity(passes as usize);
+    for p in 0..passes {
+        let folder = dir.join(p.to_string());
+        let mut stager = Stager::in_dir(&folder).map_err(io(&folder))?;
+        let empty = stager
+            .push(RecordBatch::new_empty(schema.clone()))
+            .and_then(|()| stager.finish());
+        empty.map_err(|e| {
+            Error::Internal(format!(
+                "grouping the {table} snapshot's buckets: {}",
+                e.message
+            ))
+        })?;
+        for b in (p as usize..BUCKETS).step_by(passes as usize) {
+            let bucket = from.join(bucket_folder(b));
+            for entry in std::fs::read_dir(&bucket).map_err(io(&bucket))? {
+                let path = entry.map_err(io(&bucket))?.path();
+                let name = path.file_name().map(|n| n.to_string_lossy().to_string());
+                let to = folder.join(format!("b{b:02}-{}", name.unwrap_or_default()));
+                std::fs::rename(&path, &to).map_err(io(&path))?;
+            }
+        }
+        folders.push(folder);
     }
     Ok(folders)
 }

@@ -15,6 +15,7 @@ use datafusion::prelude::{DataFrame, Expr, SessionContext, cast, ident, lit};
 use datafusion::scalar::ScalarValue;
 use futures::StreamExt;
 
+pub use bucket::hash as bucket_hashes;
 pub use bucket::passes;
 pub use resolve::{Mapped, Resolved, resolve};
 pub use rows::json_value;
@@ -96,11 +97,32 @@ pub async fn changeset_with(
     let ordered = limit != Some(0) && !(cells && limit.is_none());
     register_view(ctx, Side::Source, &resolved).await?;
     register_view(ctx, Side::Destination, &resolved).await?;
-    let passes = if job.diff_query.is_some() {
+    let mut passes = if job.diff_query.is_some() {
         1
     } else {
         passes.max(1)
     };
+    // A side staged in buckets by its key as compared (src/stage.rs) is not split again: its
+    // buckets are grouped into passes. More than half as many passes as buckets would leave
+    // some passes twice the share of others: one pass per bucket then.
+    let mut staged_buckets = Side::BOTH.map(|side| {
+        crate::engine::staged(ctx, side).bucketed
+            && matches!(&resolved.keys[..], [m] if {
+                let (name, _) = side_column(side, m);
+                side_values(side, m).1 == ident(name)
+            })
+    });
+    let buckets = crate::stage::BUCKETS as u64;
+    let grouped = if passes > buckets / 2 {
+        buckets
+    } else {
+        passes
+    };
+    if passes > 1 && staged_buckets.contains(&true) && passes <= buckets {
+        passes = grouped;
+    } else {
+        staged_buckets = [false; 2];
+    }
     if passes > 1 {
         ctx.register_udf(bucket::Bucket::udf());
         tracing::info!(
@@ -146,7 +168,7 @@ pub async fn changeset_with(
         && integer_key
     {
         for (check, from) in checks.iter_mut().zip([&m.source_type, &m.destination_type]) {
-            if let Some(facts) = crate::engine::staged_key(ctx, check.side)
+            if let Some(facts) = crate::engine::staged(ctx, check.side).key
                 && faithful(from, m)
                 && facts.nulls == 0
                 && facts.duplicates == 0
@@ -158,7 +180,7 @@ pub async fn changeset_with(
     }
     let (buckets, removal) = match passes > 1 {
         true => {
-            let (buckets, removal) = split_sides(ctx, &resolved, passes).await?;
+            let (buckets, removal) = split_sides(ctx, &resolved, passes, staged_buckets).await?;
             (Some(buckets), Some(removal))
         }
         false => (None, None),
@@ -309,21 +331,35 @@ async fn split_sides(
     ctx: &SessionContext,
     resolved: &Resolved,
     passes: u64,
+    staged_buckets: [bool; 2],
 ) -> Result<([Vec<std::path::PathBuf>; 2], tokio::task::JoinHandle<()>)> {
     let work = crate::engine::work_dir(ctx)?;
-    let split = |side: Side| {
+    let split = |side: Side, staged: bool| {
         let keys = resolved
             .keys
             .iter()
             .map(|m| side_values(side, m).1)
             .collect();
         let dir = work.path().join(format!("{}-buckets", side.name()));
+        let from = work.path().join(side.name());
         let ctx = ctx.clone();
         // A task each, so that the two sides are split on two threads.
         crate::engine::on_own_task(format!("splitting the {side} snapshot"), async move {
-            bucket::split(&ctx, side.name(), keys, passes, &dir).await
+            tracing::debug!(
+                side = %side,
+                "{}",
+                match staged {
+                    true => "buckets staged as read, grouped into passes",
+                    false => "split into passes",
+                }
+            );
+            match staged {
+                true => bucket::group(&ctx, side.name(), &from, passes, &dir).await,
+                false => bucket::split(&ctx, side.name(), keys, passes, &dir).await,
+            }
         })
     };
+    let split = |side: Side| split(side, staged_buckets[(side == Side::Destination) as usize]);
     let (source, destination) = futures::try_join!(split(Side::Source), split(Side::Destination))?;
     // The staged snapshots are removed while the passes run (the work folder goes at the end in
     // any case).
@@ -398,14 +434,19 @@ fn is_text(t: &DataType) -> bool {
     matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
 }
 
+/// A mapped column's name and type on `side`.
+fn side_column(side: Side, m: &Mapped) -> (&String, &DataType) {
+    match side {
+        Side::Source => (&m.source, &m.source_type),
+        Side::Destination => (&m.destination, &m.destination_type),
+    }
+}
+
 /// A mapped column of `side`: the value written (the source as the destination would store it:
 /// what `apply` writes, `w…`) and the value compared (`k…`/`v…`: JSON parsed on both sides, then
 /// `[compare.options]` on both sides).
 fn side_values(side: Side, m: &Mapped) -> (Expr, Expr) {
-    let (name, from) = match side {
-        Side::Source => (&m.source, &m.source_type),
-        Side::Destination => (&m.destination, &m.destination_type),
-    };
+    let (name, from) = side_column(side, m);
     let mut value = cast_to(name, from, &m.common);
     if side == Side::Source {
         value = m.storage.apply(value, &m.common);
