@@ -146,6 +146,10 @@ pub fn session(job: &Job) -> Result<SessionContext> {
     // 425 MiB; time within this machine's run-to-run noise). The hash table holds the whole left
     // side either way, bounded by the passes.
     config.options_mut().optimizer.repartition_joins = false;
+    // Staged files are read whole, each by one partition (a pass's bucket has many files, so
+    // every core still gets its share): a file split into byte ranges is read into memory
+    // range by range before it is decoded.
+    config.options_mut().optimizer.repartition_file_scans = false;
     // An integer key's hash table is an array over the key's range (no hashing) when the keys
     // are dense (15 %) or the range small. A pass of the diff holds a bucket's share of the keys
     // over their whole range (1/8 of a dense key in 8 passes): the array is still used while it

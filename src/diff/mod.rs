@@ -186,6 +186,7 @@ pub async fn changeset_with(
         false => (None, None),
     };
     let mut cursor_max: Option<crate::changeset::Cell> = None;
+    let mut removals = Vec::new();
     for pass in 0..passes {
         let folders = buckets
             .as_ref()
@@ -282,6 +283,19 @@ pub async fn changeset_with(
                 (a, b) => a.or(b),
             };
         }
+        // The pass's bucket files are done with: removed while the next pass runs, rather than
+        // all at the end (at 10M rows, 1.2 GB of files took 0.2 s to remove after the last pass).
+        if let Some([s, d]) = buckets.as_ref() {
+            let done = [s[pass as usize].clone(), d[pass as usize].clone()];
+            removals.push(tokio::task::spawn_blocking(move || {
+                for dir in done {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+            }));
+        }
+    }
+    for removal in removals {
+        let _ = removal.await;
     }
     if let Some(removal) = removal {
         let _ = removal.await;
