@@ -247,39 +247,62 @@ impl Wire {
     /// The next backend message: its tag and where its body is in the buffer.
     async fn next(&mut self) -> Result<(u8, Range<usize>), WireError> {
         loop {
-            let have = self.end - self.start;
-            let mut want = 5;
-            if have >= 5 {
-                let len = be32(&self.buf[self.start + 1..self.start + 5], 0)? as usize;
-                if len < 4 {
-                    return Err(protocol("a message shorter than its header"));
-                }
-                want = 1 + len;
-                if have >= want {
-                    let at = self.start;
-                    self.start += want;
-                    return Ok((self.buf[at], at + 5..at + want));
-                }
+            if let Some(message) = self.buffered()? {
+                return Ok(message);
             }
-            // Room for the whole message after what is already here.
-            if self.start + want > self.buf.len() || self.end == self.buf.len() {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end = have;
-                self.start = 0;
-                if want > self.buf.len() {
-                    self.buf.resize(want.next_power_of_two(), 0);
-                }
-            }
-            let (socket, buf) = (&mut self.socket, &mut self.buf[self.end..]);
-            let n = within(self.limit, socket.read(buf)).await?;
-            if n == 0 {
-                return Err(WireError::Io(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the server closed the connection",
-                )));
-            }
-            self.end += n;
+            self.fill().await?;
         }
+    }
+
+    /// The next message when the buffer holds all of it (no await: a COPY takes every whole
+    /// row in the buffer before it reads the socket again).
+    fn buffered(&mut self) -> Result<Option<(u8, Range<usize>)>, WireError> {
+        let have = self.end - self.start;
+        if have < 5 {
+            return Ok(None);
+        }
+        let len = be32(&self.buf[self.start + 1..self.start + 5], 0)?;
+        if len < 4 {
+            return Err(protocol("a message shorter than its header"));
+        }
+        // PostgreSQL's messages are at most 1 GB.
+        let len = len as usize;
+        if len > 1 << 30 {
+            return Err(protocol("a message longer than PostgreSQL sends"));
+        }
+        if have < 1 + len {
+            return Ok(None);
+        }
+        let at = self.start;
+        self.start += 1 + len;
+        Ok(Some((self.buf[at], at + 5..at + 1 + len)))
+    }
+
+    /// Read more of the socket, making room for the whole message begun in the buffer.
+    async fn fill(&mut self) -> Result<(), WireError> {
+        let have = self.end - self.start;
+        let want = match have >= 5 {
+            true => 1 + be32(&self.buf[self.start + 1..self.start + 5], 0)? as usize,
+            false => 5,
+        };
+        if self.start + want > self.buf.len() || self.end == self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end = have;
+            self.start = 0;
+            if want > self.buf.len() {
+                self.buf.resize(want.next_power_of_two(), 0);
+            }
+        }
+        let (socket, buf) = (&mut self.socket, &mut self.buf[self.end..]);
+        let n = within(self.limit, socket.read(buf)).await?;
+        if n == 0 {
+            return Err(WireError::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the server closed the connection",
+            )));
+        }
+        self.end += n;
+        Ok(())
     }
 
     /// Make each setting with `SELECT set_config($1, $2, false)`, its name and value bound as
@@ -352,15 +375,17 @@ impl Wire {
     /// close the session.
     pub async fn copy_out(mut self, mut each: impl FnMut(&[u8])) -> Result<(), WireError> {
         let mut failure = None;
-        loop {
-            let (tag, body) = self.next().await?;
-            match tag {
-                b'd' => each(&self.buf[body]),
-                b'E' => failure = Some(WireError::Server(server_message(&self.buf[body]))),
-                b'Z' => break,
-                // CopyDone, CommandComplete, notices.
-                _ => {}
+        'session: loop {
+            while let Some((tag, body)) = self.buffered()? {
+                match tag {
+                    b'd' => each(&self.buf[body]),
+                    b'E' => failure = Some(WireError::Server(server_message(&self.buf[body]))),
+                    b'Z' => break 'session,
+                    // CopyDone, CommandComplete, notices.
+                    _ => {}
+                }
             }
+            self.fill().await?;
         }
         let _ = self.send(&message(b'X', &[])).await;
         failure.map_or(Ok(()), Err)
