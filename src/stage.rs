@@ -232,6 +232,10 @@ pub fn bucket_folder(bucket: usize) -> String {
 /// segment's worth of rows.
 const BUCKET_ROWS: usize = SEGMENT_ROWS / BUCKETS;
 
+/// Bytes gathered per segment file before they are written: a batch's buffers in a few writes
+/// rather than one system call per column buffer.
+const WRITE_BUFFER: usize = 256 << 10;
+
 /// Writes one side's batches to segment files as they arrive.
 pub struct Stager {
     dir: PathBuf,
@@ -425,8 +429,11 @@ impl Stager {
                 .dir
                 .join(format!("part-{:05}.arrow", self.segments.len()));
             let file = File::create(&path).map_err(|e| io("", e))?;
-            let writer =
-                FileWriter::try_new(BufWriter::new(file), &batch.schema()).map_err(arrow)?;
+            let writer = FileWriter::try_new(
+                BufWriter::with_capacity(WRITE_BUFFER, file),
+                &batch.schema(),
+            )
+            .map_err(arrow)?;
             self.lanes[lane].open = Some((writer, self.segments.len()));
             self.segments.push(Segment {
                 path,
