@@ -2,10 +2,13 @@
 //! diff run once per *bucket* — the rows whose key hashes to that bucket, on both sides — so a
 //! pass holds only its share of the smaller side in the join's hash table. Equal keys always land
 //! in the same bucket (the key is hashed in its compared type), so duplicates, NULL keys, inserts,
-//! updates and deletes are each found in exactly one pass. Each side is split into its buckets
-//! once, in one read of its snapshot (staged files, or the user's file), into Arrow IPC files in
-//! the work folder; a pass reads only its bucket's files. (Filtering the whole snapshot in every
-//! pass read and hashed each row once per pass: at 10M rows in 5 passes, two fifths of the diff.)
+//! updates and deletes are each found in exactly one pass. A side that src/stage.rs staged in
+//! its buckets as it was read (its key compared in the type it is held in) is [`group`]ed into
+//! the passes by moving files; any other side is [`split`] once, in one read of its snapshot
+//! (staged files, or the user's file), into Arrow IPC files in the work folder, with the same
+//! bucket function ([`of_hash`]). A pass reads only its bucket's files. (Filtering the whole
+//! snapshot in every pass read and hashed each row once per pass: at 10M rows in 5 passes, two
+//! fifths of the diff.)
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
