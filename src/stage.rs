@@ -321,9 +321,15 @@ impl Stager {
         if hold.bytes <= hold.limit {
             return Ok(());
         }
-        // Outgrown: written from now on, in buckets when the side has one key column.
+        // Outgrown: written from now on, in buckets when the side has one key column (a key
+        // the snapshot lacks is left for the mapping to report).
         let held = std::mem::take(&mut hold.batches);
         self.hold = None;
+        let schema = held[0].schema();
+        self.bucket_key = self
+            .bucket_key
+            .take()
+            .filter(|k| schema.index_of(k).is_ok());
         if self.bucket_key.is_some() {
             self.lanes = (0..BUCKETS)
                 .map(|b| Lane {
@@ -505,10 +511,12 @@ impl Stager {
         // The buckets hold when the key was hashed in the type it is staged in.
         let bucketed = bucketed
             && self.bucket_key.as_ref().is_some_and(|k| {
-                let field = schema.field_with_name(k).ok();
+                let Ok(field) = schema.field_with_name(k) else {
+                    return false;
+                };
                 segments.iter().all(|s| {
                     s.schema.field_with_name(k).ok().map(|f| f.data_type())
-                        == field.map(|f| f.data_type())
+                        == Some(field.data_type())
                 })
             });
         Ok(Staged {
@@ -589,6 +597,74 @@ mod tests {
     fn batch(column: Arc<dyn datafusion::arrow::array::Array>) -> RecordBatch {
         let field = Field::new("k", column.data_type().clone(), true);
         RecordBatch::try_new(Arc::new(Schema::new(vec![field])), vec![column]).unwrap()
+    }
+
+    fn two_columns(from: i64, to: i64) -> RecordBatch {
+        let k: Vec<i64> = (from..to).collect();
+        let v: Vec<String> = (from..to).map(|i| format!("v{i}")).collect();
+        let schema = Schema::new(vec![
+            Field::new("k", datafusion::arrow::datatypes::DataType::Int64, true),
+            Field::new("v", datafusion::arrow::datatypes::DataType::Utf8, true),
+        ]);
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(Int64Array::from(k)),
+                Arc::new(StringArray::from(v)),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// Rows staged in each bucket folder, and whether every row is in the bucket its key
+    /// hashes to.
+    fn bucket_rows(dir: &Path) -> (usize, bool) {
+        let (mut rows, mut placed) = (0, true);
+        for b in 0..BUCKETS {
+            let folder = dir.join(bucket_folder(b));
+            for entry in std::fs::read_dir(&folder).unwrap() {
+                for batch in batches(&entry.unwrap().path()).unwrap() {
+                    let batch = batch.unwrap();
+                    let mut hashes = vec![0u64; batch.num_rows()];
+                    crate::diff::bucket_hashes(&[batch.column(0).clone()], &mut hashes).unwrap();
+                    placed &= hashes.iter().all(|h| (*h % BUCKETS as u64) as usize == b);
+                    rows += batch.num_rows();
+                }
+            }
+        }
+        (rows, placed)
+    }
+
+    #[test]
+    fn a_side_is_held_while_it_fits_and_staged_in_buckets_by_its_key_past_that() {
+        let work = tempfile::tempdir().unwrap();
+        // Fits: held, nothing written.
+        let mut small = Stager::in_dir(&work.path().join("small")).unwrap();
+        small.hold(1 << 20, Some("k".into()));
+        small.push(two_columns(0, 1000)).unwrap();
+        let staged = small.finish().unwrap();
+        assert_eq!((staged.rows, staged.bucketed), (1000, false));
+        assert_eq!(staged.held.map(|b| b.len()), Some(1));
+        assert_eq!(std::fs::read_dir(&staged.dir).unwrap().count(), 0);
+        // Outgrows 64 KiB: every row lands in its key's bucket, the held ones too.
+        let mut large = Stager::in_dir(&work.path().join("large")).unwrap();
+        large.hold(64 << 10, Some("k".into()));
+        for from in (0..50_000).step_by(5000) {
+            large.push(two_columns(from, from + 5000)).unwrap();
+        }
+        let staged = large.finish().unwrap();
+        assert!(staged.held.is_none());
+        assert_eq!((staged.rows, staged.bucketed), (50_000, true));
+        assert_eq!(bucket_rows(&staged.dir), (50_000, true));
+        // A key the snapshot lacks: staged whole, not in buckets (the mapping reports it).
+        let mut keyless = Stager::in_dir(&work.path().join("keyless")).unwrap();
+        keyless.hold(64 << 10, Some("id".into()));
+        for from in (0..20_000).step_by(5000) {
+            keyless.push(two_columns(from, from + 5000)).unwrap();
+        }
+        let staged = keyless.finish().unwrap();
+        assert_eq!((staged.rows, staged.bucketed), (20_000, false));
+        assert!(staged.dir.join("part-00000.arrow").is_file());
     }
 
     #[test]
