@@ -181,6 +181,7 @@ pub async fn changeset_with(
     let (buckets, removal) = match passes > 1 {
         true => {
             let (buckets, removal) = split_sides(ctx, &resolved, passes, staged_buckets).await?;
+            crate::engine::read_buckets_whole(ctx);
             (Some(buckets), Some(removal))
         }
         false => (None, None),
@@ -208,7 +209,12 @@ pub async fn changeset_with(
             run(destination, resolved.key_names())
         )
         .map(|(s, d)| [s, d])?;
-        tracing::debug!(pass, elapsed = ?started.elapsed(), "key checks");
+        tracing::debug!(
+            pass,
+            elapsed = ?started.elapsed(),
+            reserved = ctx.runtime_env().memory_pool.reserved(),
+            "key checks"
+        );
         let started = std::time::Instant::now();
         if checks.iter().any(KeyCheck::failed) {
             continue;
