@@ -213,7 +213,6 @@ struct Split {
     schema: SchemaRef,
     key: usize,
     coalescers: Vec<BatchCoalescer>,
-    indices: Vec<Vec<u32>>,
     hashes: Vec<u64>,
 }
 
@@ -248,6 +247,28 @@ pub struct Stager {
     bucket_key: Option<String>,
     split: Option<Split>,
 }
+/// Deal a batch's rows among `coalescers` by each row's bucket (`buckets`, in row order); the
+/// batches this completes, by bucket.
+pub fn deal(
+    batch: &RecordBatch,
+    buckets: impl Iterator<Item = usize>,
+    coalescers: &mut [BatchCoalescer],
+) -> Result<Vec<(usize, RecordBatch)>, datafusion::arrow::error::ArrowError> {
+    let mut rows: Vec<Vec<u32>> = vec![Vec::new(); coalescers.len()];
+    for (row, b) in buckets.enumerate() {
+        rows[b].push(row as u32);
+    }
+    let mut done = Vec::new();
+    for (b, rows) in rows.into_iter().enumerate().filter(|(_, r)| !r.is_empty()) {
+        let coalescer = &mut coalescers[b];
+        coalescer.push_batch_with_indices(batch.clone(), &UInt32Array::from(rows))?;
+        while let Some(full) = coalescer.next_completed_batch() {
+            done.push((b, full));
+        }
+    }
+    Ok(done)
+}
+
 fn io(column: &str, e: impl std::fmt::Display) -> ColumnError {
     ColumnError {
         column: column.to_string(),
@@ -349,13 +370,9 @@ impl Stager {
 
     /// Write a batch to the side's folder, or split it into the buckets' folders.
     fn write(&mut self, batch: RecordBatch) -> Result<(), ColumnError> {
-        let Some(key) = self
-            .bucket_key
-            .clone()
-            .filter(|_| self.lanes.len() == BUCKETS)
-        else {
+        if self.lanes.len() != BUCKETS {
             return self.write_lane(0, batch);
-        };
+        }
         if self
             .split
             .as_ref()
@@ -365,14 +382,14 @@ impl Stager {
         }
         if self.split.is_none() {
             let schema = batch.schema();
-            let key = schema.index_of(&key).map_err(|e| io(&key, e))?;
+            let key = self.bucket_key.as_deref().unwrap_or_default();
+            let key = schema.index_of(key).map_err(|e| io(key, e))?;
             self.split = Some(Split {
                 coalescers: (0..BUCKETS)
                     .map(|_| BatchCoalescer::new(schema.clone(), BUCKET_ROWS))
                     .collect(),
                 schema,
                 key,
-                indices: vec![Vec::new(); BUCKETS],
                 hashes: Vec::new(),
             });
         }
@@ -382,22 +399,8 @@ impl Stager {
             split.hashes.resize(batch.num_rows(), 0);
             crate::diff::bucket_hashes(&[batch.column(split.key).clone()], &mut split.hashes)
                 .map_err(|e| io("", e))?;
-            for (row, h) in split.hashes.iter().enumerate() {
-                split.indices[(*h % BUCKETS as u64) as usize].push(row as u32);
-            }
-            for (b, rows) in split.indices.iter_mut().enumerate() {
-                if rows.is_empty() {
-                    continue;
-                }
-                let taken = UInt32Array::from(std::mem::take(rows));
-                let coalescer = &mut split.coalescers[b];
-                coalescer
-                    .push_batch_with_indices(batch.clone(), &taken)
-                    .map_err(arrow)?;
-                while let Some(full) = coalescer.next_completed_batch() {
-                    done.push((b, full));
-                }
-            }
+            let buckets = split.hashes.iter().map(|h| (*h % BUCKETS as u64) as usize);
+            done = deal(&batch, buckets, &mut split.coalescers).map_err(arrow)?;
         }
         for (b, full) in done {
             self.write_lane(b, full)?;

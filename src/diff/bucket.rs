@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, AsArray, Int64Array, UInt32Array};
+use datafusion::arrow::array::{ArrayRef, AsArray, Int64Array};
 use datafusion::arrow::compute::BatchCoalescer;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::datatypes::Int64Type;
@@ -126,7 +126,8 @@ pub async fn split(
             e.message
         ))
     };
-    let mut buckets = Vec::with_capacity(passes as usize);
+    let mut stagers = Vec::with_capacity(passes as usize);
+    let mut coalescers = Vec::with_capacity(passes as usize);
     let mut folders = Vec::with_capacity(passes as usize);
     // Rows are gathered per bucket into batches of a useful size before they are written; the
     // rows waiting stay near one staged segment's worth whatever the number of buckets.
@@ -140,10 +141,10 @@ pub async fn split(
         stager
             .push(RecordBatch::new_empty(schema.clone()))
             .map_err(stage_error)?;
-        buckets.push((stager, BatchCoalescer::new(schema.clone(), target)));
+        stagers.push(stager);
+        coalescers.push(BatchCoalescer::new(schema.clone(), target));
         folders.push(folder);
     }
-    let mut indices: Vec<Vec<u32>> = vec![Vec::new(); passes as usize];
     while let Some(batch) = stream.next().await {
         let mut batch = batch?;
         let Some(column) = batch.column_by_name(COLUMN).cloned() else {
@@ -151,22 +152,12 @@ pub async fn split(
         };
         batch.remove_column(batch.num_columns() - 1);
         let column = column.as_primitive::<Int64Type>();
-        for (row, p) in column.values().iter().enumerate() {
-            indices[*p as usize].push(row as u32);
-        }
-        for (p, rows) in indices.iter_mut().enumerate() {
-            if rows.is_empty() {
-                continue;
-            }
-            let (stager, coalescer) = &mut buckets[p];
-            let taken = UInt32Array::from(std::mem::take(rows));
-            coalescer.push_batch_with_indices(batch.clone(), &taken)?;
-            while let Some(done) = coalescer.next_completed_batch() {
-                stager.push(done).map_err(stage_error)?;
-            }
+        let buckets = column.values().iter().map(|p| *p as usize);
+        for (p, done) in crate::stage::deal(&batch, buckets, &mut coalescers)? {
+            stagers[p].push(done).map_err(stage_error)?;
         }
     }
-    for (mut stager, mut coalescer) in buckets {
+    for (mut stager, mut coalescer) in stagers.into_iter().zip(coalescers) {
         coalescer.finish_buffered_batch()?;
         while let Some(done) = coalescer.next_completed_batch() {
             stager.push(done).map_err(stage_error)?;
