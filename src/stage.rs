@@ -43,7 +43,7 @@ pub struct Staged {
     /// nothing was written to `dir`.
     pub held: Option<Vec<RecordBatch>>,
     /// The held batches' bytes in memory.
-    pub bytes: Option<u64>,
+    pub held_bytes: Option<u64>,
     /// Staged in [`BUCKETS`] folders (`dir/bucket=NN`) by the hash of the key column as staged.
     pub bucketed: bool,
 }
@@ -471,7 +471,7 @@ impl Stager {
                         rows,
                         key: key.filter(|f| f.rows == rows as u64),
                         held: Some(hold.batches),
-                        bytes: Some(hold.bytes as u64),
+                        held_bytes: Some(hold.bytes as u64),
                         bucketed: false,
                     });
                 }
@@ -528,7 +528,7 @@ impl Stager {
             rows,
             key: key.filter(|f| f.rows == rows as u64),
             held: None,
-            bytes: None,
+            held_bytes: None,
             bucketed,
         })
     }

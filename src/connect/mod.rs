@@ -213,7 +213,7 @@ pub async fn register(
                     endpoint.side,
                     crate::engine::SideFacts {
                         key: staged.key,
-                        held_bytes: staged.bytes,
+                        held_bytes: staged.held_bytes,
                         bucketed: staged.bucketed,
                     },
                 );
@@ -223,7 +223,7 @@ pub async fn register(
     };
     match snapshot.held {
         Some(batches) => {
-            let bytes = snapshot.bytes.unwrap_or_default() as usize;
+            let bytes = snapshot.held_bytes.unwrap_or_default() as usize;
             crate::engine::account_held(ctx, format!("the {name} snapshot"), bytes);
             // Spread over the session's partitions, so that scans of it run on every core.
             let n = ctx.state().config().target_partitions().max(1);

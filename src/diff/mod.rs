@@ -113,13 +113,10 @@ pub async fn changeset_with(
             })
     });
     let buckets = crate::stage::BUCKETS as u64;
-    let grouped = if passes > buckets / 2 {
-        buckets
-    } else {
-        passes
-    };
-    if passes > 1 && staged_buckets.contains(&true) && passes <= buckets {
-        passes = grouped;
+    if passes > 1 && passes <= buckets && staged_buckets.contains(&true) {
+        if passes > buckets / 2 {
+            passes = buckets;
+        }
     } else {
         staged_buckets = [false; 2];
     }
@@ -178,16 +175,18 @@ pub async fn changeset_with(
             }
         }
     }
-    let (buckets, removal) = match passes > 1 {
+    // Files removed while the passes run: the split snapshots, then each pass's buckets.
+    let mut removals = Vec::new();
+    let buckets = match passes > 1 {
         true => {
             let (buckets, removal) = split_sides(ctx, &resolved, passes, staged_buckets).await?;
             crate::engine::read_buckets_whole(ctx);
-            (Some(buckets), Some(removal))
+            removals.push(removal);
+            Some(buckets)
         }
-        false => (None, None),
+        false => None,
     };
     let mut cursor_max: Option<crate::changeset::Cell> = None;
-    let mut removals = Vec::new();
     for pass in 0..passes {
         let folders = buckets
             .as_ref()
@@ -303,9 +302,6 @@ pub async fn changeset_with(
     for removal in removals {
         let _ = removal.await;
     }
-    if let Some(removal) = removal {
-        let _ = removal.await;
-    }
     let (source_rows, destination_rows) = (checks[0].rows, checks[1].rows);
     let [source, destination] = checks;
     source.into_result()?;
@@ -379,8 +375,10 @@ async fn split_sides(
             }
         })
     };
-    let split = |side: Side| split(side, staged_buckets[(side == Side::Destination) as usize]);
-    let (source, destination) = futures::try_join!(split(Side::Source), split(Side::Destination))?;
+    let (source, destination) = futures::try_join!(
+        split(Side::Source, staged_buckets[0]),
+        split(Side::Destination, staged_buckets[1])
+    )?;
     // The staged snapshots are removed while the passes run (the work folder goes at the end in
     // any case).
     let staged: Vec<_> = Side::BOTH
