@@ -425,7 +425,7 @@ fn declared_column(values: &[&Value], field: &Field) -> std::result::Result<Colu
                     _ => Some(text_decimal(&text(v)).ok_or_else(|| bad(v, "a decimal number"))?),
                 });
             }
-            ColumnBuilder::Decimal(out)
+            ColumnBuilder::Decimal(out.into())
         }
         FieldKind::Boolean => {
             let mut b = BooleanBuilder::with_capacity(n);

@@ -63,7 +63,9 @@ fn builder(kind: Kind) -> ColumnBuilder {
     match kind {
         Kind::Bool => ColumnBuilder::Bool(BooleanBuilder::new()),
         Kind::Int | Kind::UInt32 => ColumnBuilder::Int64(Int64Builder::new()),
-        Kind::UInt | Kind::Decimal => ColumnBuilder::Decimal(Vec::new()),
+        Kind::UInt | Kind::Decimal => {
+            ColumnBuilder::Decimal(crate::snapshot::Decimals::with_capacity(0))
+        }
         Kind::Float => ColumnBuilder::Float32(Float32Builder::new()),
         Kind::Double => ColumnBuilder::Float64(Float64Builder::new()),
         Kind::Date => ColumnBuilder::Date(Date32Builder::new()),

@@ -232,7 +232,7 @@ fn mixed_numbers(rows: &[SqliteRow], i: usize) -> std::result::Result<ColumnBuil
             })?),
         });
     }
-    Ok(ColumnBuilder::Decimal(decimals))
+    Ok(ColumnBuilder::Decimal(decimals.into()))
 }
 
 /// A value as text, whatever its storage class (numbers in a column that also holds text).

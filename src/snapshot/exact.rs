@@ -13,6 +13,104 @@ use datafusion::arrow::datatypes::{DataType, TimeUnit, i256};
 /// Digits a 128-bit and a 256-bit Arrow decimal hold.
 const DIGITS_128: u32 = 38;
 const DIGITS_256: u32 = 76;
+/// 10^38: the first mantissa a 128-bit decimal of 38 digits does not hold.
+const LIMIT_128: u128 = 10u128.pow(DIGITS_128);
+
+/// A decimal column as it is read. While every value has one scale and fits 38 digits — a
+/// column with a declared scale, the usual case — values are kept as 128-bit mantissas, 16 bytes
+/// each, and become the array without a second pass; the first value that does not fit turns the
+/// column into mantissa/scale pairs for [`finish_decimal`]. Either way the array is the same.
+pub struct Decimals {
+    narrow: Vec<i128>,
+    valid: datafusion::arrow::array::BooleanBufferBuilder,
+    /// The narrow values' scale (`None` until a value arrives).
+    scale: Option<u32>,
+    /// Every value, once one did not fit the narrow form.
+    wide: Option<Vec<Option<(i256, u32)>>>,
+}
+
+impl Decimals {
+    pub fn with_capacity(n: usize) -> Decimals {
+        Decimals {
+            narrow: Vec::with_capacity(n),
+            valid: datafusion::arrow::array::BooleanBufferBuilder::new(n),
+            scale: None,
+            wide: None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.wide.as_ref().map_or(self.narrow.len(), Vec::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A value as a 128-bit mantissa and its scale: kept as it is while it fits the narrow form.
+    #[inline]
+    pub fn push_i128(&mut self, mantissa: i128, scale: u32) {
+        let fits = self.wide.is_none()
+            && scale <= DIGITS_128
+            && mantissa.unsigned_abs() < LIMIT_128
+            && self.scale.is_none_or(|s| s == scale);
+        if fits {
+            self.scale = Some(scale);
+            self.narrow.push(mantissa);
+            self.valid.append(true);
+        } else {
+            self.push_wide(Some((i256::from_i128(mantissa), scale)));
+        }
+    }
+
+    pub fn push(&mut self, value: Option<(i256, u32)>) {
+        match value {
+            None if self.wide.is_none() => {
+                self.narrow.push(0);
+                self.valid.append(false);
+            }
+            Some((m, s)) if self.wide.is_none() && m.to_i128().is_some() => {
+                self.push_i128(m.as_i128(), s)
+            }
+            value => self.push_wide(value),
+        }
+    }
+
+    /// Push a value as a mantissa/scale pair, turning the narrow values into pairs first.
+    fn push_wide(&mut self, value: Option<(i256, u32)>) {
+        let wide = self.wide.get_or_insert_with(|| {
+            let scale = self.scale.unwrap_or(0);
+            let mut wide = Vec::with_capacity(self.narrow.len() + 1);
+            for (i, m) in self.narrow.iter().enumerate() {
+                wide.push(self.valid.get_bit(i).then(|| (i256::from_i128(*m), scale)));
+            }
+            wide
+        });
+        wide.push(value);
+        self.narrow = Vec::new();
+    }
+
+    pub fn finish(mut self) -> std::result::Result<ArrayRef, String> {
+        if let Some(wide) = self.wide {
+            return finish_decimal(wide);
+        }
+        let nulls = datafusion::arrow::buffer::NullBuffer::new(self.valid.finish());
+        let array = Decimal128Array::new(self.narrow.into(), Some(nulls))
+            .with_precision_and_scale(DIGITS_128 as u8, self.scale.unwrap_or(0) as i8)
+            .map_err(|e| e.to_string())?;
+        Ok(Arc::new(array))
+    }
+}
+
+impl From<Vec<Option<(i256, u32)>>> for Decimals {
+    fn from(values: Vec<Option<(i256, u32)>>) -> Decimals {
+        let mut decimals = Decimals::with_capacity(values.len());
+        for value in values {
+            decimals.push(value);
+        }
+        decimals
+    }
+}
 
 /// The smallest exact decimal array for mantissa/scale pairs: all values at the largest scale,
 /// Decimal128(38, s) when every value has at most 38 digits, else Decimal256(76, s). Values
@@ -344,6 +442,38 @@ mod tests {
         assert_eq!(array.value(0), 1050);
         assert!(array.is_null(1));
         assert_eq!(array.value(2), 1250);
+    }
+
+    #[test]
+    fn decimals_read_narrow_or_wide_make_the_same_array() {
+        let big = i256::from_string("123456789012345678901234567890123456789").unwrap();
+        let columns = [
+            vec![d(1050, 2), None, d(-7, 2)],
+            vec![None, None],
+            vec![d(105, 1), None, d(1250, 2)],
+            vec![d(5, 1), Some((big, 0)), None],
+            vec![
+                d(99_999_999_999_999_999_999_999_999_999_999_999_999, 0),
+                d(1, 0),
+            ],
+            vec![
+                d(100_000_000_000_000_000_000_000_000_000_000_000_000, 0),
+                d(1, 0),
+            ],
+        ];
+        for values in columns {
+            let expected = finish_decimal(values.clone()).unwrap();
+            let mut read = Decimals::with_capacity(0);
+            for value in &values {
+                match value {
+                    Some((m, s)) if m.to_i128().is_some() => read.push_i128(m.as_i128(), *s),
+                    other => read.push(*other),
+                }
+            }
+            assert_eq!(read.len(), values.len());
+            assert_eq!(&read.finish().unwrap(), &expected, "{values:?}");
+            assert_eq!(&Decimals::from(values.clone()).finish().unwrap(), &expected);
+        }
     }
 
     #[test]

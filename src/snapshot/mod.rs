@@ -11,12 +11,14 @@ use datafusion::arrow::array::{
     Float64Builder, Int16Builder, Int32Builder, Int64Builder, NullArray, StringBuilder,
     Time64MicrosecondBuilder, TimestampMicrosecondBuilder,
 };
-use datafusion::arrow::datatypes::{Field, Schema, i256};
+use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 
 mod exact;
 
-pub use exact::{Facts, convert, finish_decimal, float_decimal, rescale, text_decimal, widen};
+pub use exact::{
+    Decimals, Facts, convert, finish_decimal, float_decimal, rescale, text_decimal, widen,
+};
 
 /// Rows per record batch produced by the database connectors.
 pub const BATCH_ROWS: usize = 8192;
@@ -32,7 +34,7 @@ pub enum ColumnBuilder {
     Float64(Float64Builder),
     /// Mantissa and scale per value; the batch takes the largest scale, as a 128-bit decimal
     /// when every value fits 38 digits, else a 256-bit one (76 digits).
-    Decimal(Vec<Option<(i256, u32)>>),
+    Decimal(Decimals),
     Text(StringBuilder),
     Binary(BinaryBuilder),
     Date(Date32Builder),
@@ -93,7 +95,7 @@ impl ColumnBuilder {
             ColumnBuilder::Int64(mut b) => Arc::new(b.finish()),
             ColumnBuilder::Float32(mut b) => Arc::new(b.finish()),
             ColumnBuilder::Float64(mut b) => Arc::new(b.finish()),
-            ColumnBuilder::Decimal(values) => finish_decimal(values)?,
+            ColumnBuilder::Decimal(values) => values.finish()?,
             ColumnBuilder::Text(mut b) => Arc::new(b.finish()),
             ColumnBuilder::Binary(mut b) => Arc::new(b.finish()),
             ColumnBuilder::Date(mut b) => Arc::new(b.finish()),
