@@ -128,7 +128,13 @@ pub async fn diff_snapshots(
     sink: Option<&mut diff::ChangeSink<'_>>,
 ) -> Result<Changeset> {
     let ctx = engine::session(job)?;
-    connect::register_both(&ctx, job, None, progress, Some(read)).await?;
+    // The catalogs are looked up while the snapshots are read.
+    let (snapshots, catalog) = futures::join!(
+        connect::register_both(&ctx, job, None, progress, Some(read)),
+        diff::catalog(job)
+    );
+    snapshots?;
+    let catalog = catalog?;
     failpoint::hit("after-read");
     let work = engine::work_dir(&ctx)?;
     let sizes = [&job.source, &job.destination].map(|e| match &e.location {
@@ -147,8 +153,12 @@ pub async fn diff_snapshots(
     };
     let step = progress.step("comparing");
     let smaller_destination = sizes[1] < sizes[0];
-    let changeset =
-        diff::changeset_with(&ctx, job, limit, cells, passes, smaller_destination, sink).await;
+    let layout = diff::Layout {
+        passes,
+        smaller_destination,
+        catalog: Some(catalog),
+    };
+    let changeset = diff::changeset_with(&ctx, job, limit, cells, layout, sink).await;
     step.done();
     changeset
 }
