@@ -16,7 +16,28 @@ const EXIT_DRIFT: u8 = 4;
 /// Exit code when apply finished but some rows failed (they are recorded and retried).
 const EXIT_PARTIAL: u8 = 3;
 
+/// mimalloc's `mi_option_purge_delay` (mimalloc.h, v3): milliseconds before freed memory goes
+/// back to the system; -1: never. Its default is 1000.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Keep the memory the run frees for its later allocations rather than returning it to the
+/// system after a second: each diff pass allocates what the one before freed, and memory returned
+/// then touched again cost page faults and TLB shootdowns between the cores (10M-row plan: system
+/// CPU 1.9 → 1.5 s, wall 7.97 → 7.32 s, median of 5; peak RSS +40 MB). A `MIMALLOC_PURGE_DELAY`
+/// the user sets is kept (the option then differs from its default).
+#[allow(unsafe_code)]
+fn keep_freed_memory() {
+    // SAFETY: plain calls into the allocator's option table, which takes any option number and
+    // value; made before any other thread exists.
+    unsafe {
+        if libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) == 1000 {
+            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    keep_freed_memory();
     let cli = Cli::parse();
     init_logging(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
