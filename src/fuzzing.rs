@@ -56,10 +56,16 @@ pub fn copy_decoder(data: &[u8]) -> Option<usize> {
             .push(chunk)
             .ok()?
             .iter()
-            .map(|b| b.num_rows())
+            .map(|(_, b)| b.num_rows())
             .sum::<usize>();
     }
-    Some(rows + decoder.finish().ok()?.num_rows())
+    let last: usize = decoder
+        .finish()
+        .ok()?
+        .iter()
+        .map(|(_, b)| b.num_rows())
+        .sum();
+    Some(rows + last)
 }
 
 /// The HTTP page decoder: a JSON body's records (at `/items`, or the body itself) as a batch,

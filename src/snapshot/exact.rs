@@ -303,7 +303,7 @@ impl Facts {
             0..=DIGITS_128 => Ok(DataType::Decimal128(DIGITS_128 as u8, self.scale as i8)),
             39..=DIGITS_256 => Ok(DataType::Decimal256(DIGITS_256 as u8, self.scale as i8)),
             digits => Err(format!(
-                "its values need {digits} digits; recon keeps decimals exact up to {DIGITS_256} (cast it to text in a `query`)"
+                "its values need {digits} digits; recon keeps decimals exact up to {DIGITS_256} digits (cast it to text in a `query`)"
             )),
         }
     }
