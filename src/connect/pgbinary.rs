@@ -1,8 +1,9 @@
 //! Decoder for PostgreSQL's binary `COPY ... TO STDOUT (FORMAT binary)` stream into Arrow
 //! batches. It is fed chunks as they arrive (a chunk may end anywhere, even inside a field) and
 //! yields a batch every [`BATCH_ROWS`] rows, or, dealing rows to buckets by a key's hash
-//! ([`Decoder::deal_by`]), a batch of a bucket's rows whenever a bucket has gathered enough. Values are decoded exactly: `numeric` keeps its digits
-//! and scale, timestamps keep microseconds, `uuid` becomes its canonical text.
+//! ([`Decoder::deal_by`]), a bucket's rows whenever it has gathered enough. Values are decoded
+//! exactly: `numeric` keeps its digits and scale, timestamps keep microseconds, `uuid` becomes
+//! its canonical text.
 
 use std::sync::Arc;
 
