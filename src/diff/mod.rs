@@ -69,7 +69,7 @@ pub struct Layout {
     /// The join holds the destination in memory rather than the source.
     pub smaller_destination: bool,
     /// The catalog facts, looked up while the snapshots were read ([`catalog`]); `None`: looked
-    /// up when needed.
+    /// up first.
     pub catalog: Option<Catalog>,
 }
 
@@ -118,7 +118,11 @@ pub async fn changeset_with(
         smaller_destination,
         catalog,
     } = layout;
-    let resolved = prepare(ctx, job, catalog.as_ref().map(|c| &c.storage)).await?;
+    let catalog = match catalog {
+        Some(catalog) => catalog,
+        None => self::catalog(job).await?,
+    };
+    let resolved = prepare(ctx, job, &catalog.storage).await?;
     let shell = Changeset {
         job: job.name.clone(),
         key_columns: resolved.key_names(),
@@ -179,24 +183,13 @@ pub async fn changeset_with(
         (from == &m.common || (from.is_integer() && m.common.is_integer()))
             && m.storage == stored::Storage::Plain
     };
-    if resolved.keys.iter().all(|m| faithful(&m.source_type, m)) {
-        let names: Vec<String> = resolved.keys.iter().map(|m| m.source.clone()).collect();
-        checks[0].proven = match &catalog {
-            Some(catalog) => catalog.proven[0],
-            None => crate::connect::key_proven_unique(&job.source, &names).await,
-        };
-    }
-    if resolved
-        .keys
-        .iter()
-        .all(|m| faithful(&m.destination_type, m))
-    {
-        let names = resolved.key_names();
-        checks[1].proven = match &catalog {
-            Some(catalog) => catalog.proven[1],
-            None => crate::connect::key_proven_unique(&job.destination, &names).await,
-        };
-    }
+    checks[0].proven =
+        catalog.proven[0] && resolved.keys.iter().all(|m| faithful(&m.source_type, m));
+    checks[1].proven = catalog.proven[1]
+        && resolved
+            .keys
+            .iter()
+            .all(|m| faithful(&m.destination_type, m));
     // One integer key column (all but unsigned 64-bit values fit a BIGINT): checked without a
     // grouping.
     let integer_key =
@@ -371,17 +364,9 @@ pub async fn changeset_with(
 async fn prepare(
     ctx: &SessionContext,
     job: &Job,
-    storage: Option<&std::collections::HashMap<String, stored::Storage>>,
+    storage: &std::collections::HashMap<String, stored::Storage>,
 ) -> Result<Resolved> {
     let mut resolved = resolve_registered(ctx, job).await?;
-    let looked_up;
-    let storage = match storage {
-        Some(storage) => storage,
-        None => {
-            looked_up = stored::destination(job).await?;
-            &looked_up
-        }
-    };
     for m in resolved.keys.iter_mut().chain(resolved.compared.iter_mut()) {
         m.storage = storage.get(&m.destination).copied().unwrap_or_default();
     }
@@ -392,7 +377,8 @@ async fn prepare(
 /// Register the destination's view `d_all` — its key as compared (`k0…`) and its compared
 /// columns as it holds them (`o0…`) — for reading destination rows by key (reviewed plans).
 pub async fn destination_view(ctx: &SessionContext, job: &Job) -> Result<Resolved> {
-    let resolved = prepare(ctx, job, None).await?;
+    let storage = stored::destination(job).await?;
+    let resolved = prepare(ctx, job, &storage).await?;
     register_view(ctx, Side::Destination, &resolved).await?;
     Ok(resolved)
 }
