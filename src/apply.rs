@@ -53,12 +53,11 @@ pub async fn apply(job: &Job, options: &ApplyOptions, progress: &Progress) -> Re
     let started_at = now();
     let saved = state.get().await?;
     let read = crate::source_read(job, saved.clone())?;
-    // The changeset goes to a local spool as the diff produces it; only the listed changes stay.
+    // The diff's output goes to a local spool as it is produced; only the listed changes stay.
     let mut spool = writeback::Spool::for_job(job, options.list)?;
-    let mut sink = |_: &Changeset, change: crate::changeset::Change| spool.push(change);
-    let mut changeset =
-        crate::diff_snapshots(job, None, true, &read, progress, Some(&mut sink)).await?;
-    changeset.changes = spool.close()?;
+    let output = crate::diff::Output::Spool(&mut spool);
+    let changeset = crate::diff_snapshots(job, options.list, true, &read, progress, output).await?;
+    spool.close()?;
     let mut run = Run {
         command: "apply".into(),
         started_at,

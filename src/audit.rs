@@ -130,8 +130,15 @@ pub async fn audit(job: &Job, samples: usize, progress: &Progress) -> Result<Aud
         tally.add(shape, change);
         Ok(())
     };
-    let mut changeset =
-        crate::diff_snapshots(&whole, None, false, &read, progress, Some(&mut sink)).await?;
+    let mut changeset = crate::diff_snapshots(
+        &whole,
+        None,
+        false,
+        &read,
+        progress,
+        crate::diff::Output::Sink(&mut sink),
+    )
+    .await?;
     changeset.changes = std::mem::take(&mut tally.samples);
     let columns = tally.columns(&changeset);
     let mut store = State::open(job).await?;

@@ -60,7 +60,7 @@ pub use state::State;
 /// mode the source is read from the saved watermark (the state store is only read).
 pub async fn plan(job: &Job, limit: Option<usize>, progress: &Progress) -> Result<Changeset> {
     let read = planned_read(job).await?;
-    diff_snapshots(job, limit, false, &read, progress, None).await
+    diff_snapshots(job, limit, false, &read, progress, diff::Output::Listed).await
 }
 
 /// As [`plan`], handing the first `limit` changes (`None`: all) to `sink` as the diff produces
@@ -73,7 +73,7 @@ pub async fn plan_streaming(
     sink: &mut diff::ChangeSink<'_>,
 ) -> Result<Changeset> {
     let read = planned_read(job).await?;
-    diff_snapshots(job, limit, false, &read, progress, Some(sink)).await
+    diff_snapshots(job, limit, false, &read, progress, diff::Output::Sink(sink)).await
 }
 
 /// As [`plan_streaming`] for a plan to be saved (`recon plan --save`): every change, in listing
@@ -84,7 +84,15 @@ pub async fn plan_for_review(
     sink: &mut diff::ChangeSink<'_>,
 ) -> Result<Changeset> {
     let read = planned_read(job).await?;
-    diff_snapshots(job, Some(usize::MAX), true, &read, progress, Some(sink)).await
+    diff_snapshots(
+        job,
+        Some(usize::MAX),
+        true,
+        &read,
+        progress,
+        diff::Output::Sink(sink),
+    )
+    .await
 }
 
 /// How a plan reads the source: from the saved watermark in incremental mode, with the saved
@@ -127,7 +135,7 @@ pub async fn diff_snapshots(
     cells: bool,
     read: &watermark::SourceRead,
     progress: &Progress,
-    sink: Option<&mut diff::ChangeSink<'_>>,
+    output: diff::Output<'_, '_>,
 ) -> Result<Changeset> {
     let ctx = engine::session(job)?;
     // The catalogs are looked up while the snapshots are read.
@@ -160,7 +168,7 @@ pub async fn diff_snapshots(
         smaller_destination,
         catalog: Some(catalog),
     };
-    let changeset = diff::changeset_with(&ctx, job, limit, cells, layout, sink).await;
+    let changeset = diff::changeset_with(&ctx, job, limit, cells, layout, output).await;
     step.done();
     changeset
 }

@@ -19,7 +19,7 @@ pub use bucket::hash as bucket_hashes;
 pub use bucket::hash_value as bucket_hash_value;
 pub use bucket::passes;
 pub use resolve::{Mapped, Resolved, resolve};
-pub use rows::json_value;
+pub use rows::{changes_of, json_value};
 
 use crate::changeset::Changeset;
 use crate::config::Job;
@@ -58,7 +58,7 @@ pub async fn resolve_registered(ctx: &SessionContext, job: &Job) -> Result<Resol
 
 /// Compute the changeset of the registered snapshots, listing at most `limit` changes.
 pub async fn changeset(ctx: &SessionContext, job: &Job, limit: Option<usize>) -> Result<Changeset> {
-    changeset_with(ctx, job, limit, false, Layout::default(), None).await
+    changeset_with(ctx, job, limit, false, Layout::default(), Output::Listed).await
 }
 
 /// How the diff runs, decided once the snapshots are read.
@@ -102,16 +102,29 @@ pub async fn catalog(job: &Job) -> Result<Catalog> {
 /// `changes` empty): output that is written as it is produced, holding no changeset in memory.
 pub type ChangeSink<'a> = dyn FnMut(&Changeset, crate::changeset::Change) -> Result<()> + Send + 'a;
 
+/// Where the diff's changes go, besides the counts.
+pub enum Output<'s, 'a> {
+    /// The first `limit` changes are listed in the changeset.
+    Listed,
+    /// The first `limit` changes go to a sink as the diff produces them (the changeset lists
+    /// none).
+    Sink(&'s mut ChangeSink<'a>),
+    /// Each pass's output, every change of it, is written into the spool's folder as it is
+    /// produced and kept there as it is (an apply): changes are built from it only as writeback
+    /// reads them back. The first `limit` are listed as well. No change is serialised in between.
+    Spool(&'s mut crate::writeback::Spool),
+}
+
 /// As [`changeset`]; with `cells`, each listed change also carries typed cells for writeback.
-/// With a `sink`, the first `limit` changes go to it as they are produced. The key checks and
-/// the diff run as `layout` says; a `diff_query` always runs in one pass.
+/// Changes go to `output`. The key checks and the diff run as `layout` says; a `diff_query`
+/// always runs in one pass.
 pub async fn changeset_with(
     ctx: &SessionContext,
     job: &Job,
     limit: Option<usize>,
     cells: bool,
     layout: Layout,
-    mut sink: Option<&mut ChangeSink<'_>>,
+    mut output: Output<'_, '_>,
 ) -> Result<Changeset> {
     let Layout {
         passes,
@@ -137,8 +150,9 @@ pub async fn changeset_with(
         cursor_max: None,
     };
     // Only a listing in order needs the diff sorted (see queries/diff.sql): not `--limit 0`,
-    // and not an apply's writeback (cells, every change, no listing).
-    let ordered = limit != Some(0) && !(cells && limit.is_none());
+    // and not an apply's writeback (cells, every change, its listing the first ones written).
+    let spooled = matches!(output, Output::Spool(_));
+    let ordered = !spooled && limit != Some(0) && !(cells && limit.is_none());
     register_view(ctx, Side::Source, &resolved).await?;
     register_view(ctx, Side::Destination, &resolved).await?;
     let mut passes = if job.diff_query.is_some() {
@@ -276,7 +290,12 @@ pub async fn changeset_with(
         // `-vvv` logs the diff's physical plan with its metrics once it has run.
         let plan = sql(ctx, &query).await?.create_physical_plan().await?;
         let mut stream = datafusion::physical_plan::execute_stream(plan.clone(), ctx.task_ctx())?;
-        if collector.counts_only() {
+        if let Output::Spool(spool) = &mut output {
+            // Counted (and the first changes listed) as the output is written.
+            let path = spool.next_part();
+            OutputFile::write(&path, &mut stream, |batch| collector.add(batch)).await?;
+            spool.adopt(path, resolved.keys.len(), resolved.compared.len());
+        } else if collector.counts_only() {
             while let Some(batch) = stream.next().await {
                 collector.add(&batch?)?;
             }
@@ -287,15 +306,15 @@ pub async fn changeset_with(
             let path = crate::engine::work_dir(ctx)?
                 .path()
                 .join(format!("diff-{pass}.arrow"));
-            let output = OutputFile::write(&path, &mut stream).await?;
-            for batch in output.read()? {
+            let file = OutputFile::write(&path, &mut stream, |_| Ok(())).await?;
+            for batch in file.read()? {
                 let batch = batch?;
                 // A join emits its unmatched build rows as one batch (a whole side, on an
                 // initial load): changes are built and handed on a slice at a time.
                 for start in (0..batch.num_rows()).step_by(CHANGES_PER_SLICE) {
                     let len = CHANGES_PER_SLICE.min(batch.num_rows() - start);
                     collector.add(&batch.slice(start, len))?;
-                    if let Some(sink) = sink.as_mut() {
+                    if let Output::Sink(sink) = &mut output {
                         for change in collector.changes.drain(..) {
                             sink(&shell, change)?;
                         }
@@ -901,9 +920,13 @@ struct OutputFile {
 }
 
 impl OutputFile {
+    /// Write the stream's batches to `path`, each seen by `each` first. A join emits its
+    /// unmatched build rows as one batch (a whole side, on an initial load): batches are written
+    /// a slice at a time, so that whoever reads the file back holds one slice at a time.
     async fn write(
         path: &std::path::Path,
         stream: &mut datafusion::physical_plan::SendableRecordBatchStream,
+        mut each: impl FnMut(&datafusion::arrow::record_batch::RecordBatch) -> Result<()>,
     ) -> Result<OutputFile> {
         use datafusion::arrow::ipc::writer::FileWriter;
         let io = |source| Error::Write {
@@ -913,7 +936,12 @@ impl OutputFile {
         let file = std::fs::File::create(path).map_err(io)?;
         let mut writer = FileWriter::try_new(std::io::BufWriter::new(file), &stream.schema())?;
         while let Some(batch) = stream.next().await {
-            writer.write(&batch?)?;
+            let batch = batch?;
+            each(&batch)?;
+            for start in (0..batch.num_rows()).step_by(CHANGES_PER_SLICE) {
+                let len = CHANGES_PER_SLICE.min(batch.num_rows() - start);
+                writer.write(&batch.slice(start, len))?;
+            }
         }
         writer.finish()?;
         Ok(OutputFile {

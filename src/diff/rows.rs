@@ -69,12 +69,41 @@ impl Collector {
             if let Some(r) = &readers
                 && self.limit.is_none_or(|n| self.built < n)
             {
-                self.changes.push(r.change(row, action, self.cells));
+                self.changes.push(r.change(row, action, self.cells, true));
                 self.built += 1;
             }
         }
         Ok(())
     }
+}
+
+/// The changes of one `action` in a batch of the diff's output, each with its typed cells (for
+/// writeback): what an apply's spool reads back (see [`crate::writeback::Spool`]). Without
+/// `values`, a change's `source` and `destination` are left empty: a writer binds the cells, and
+/// building each value's JSON twice over cost an apply more than its writes' own statements.
+pub fn changes_of(
+    batch: &RecordBatch,
+    keys: usize,
+    compared: usize,
+    action: Action,
+    values: bool,
+) -> Result<Vec<Change>> {
+    let actions = column(batch, "action")?;
+    let actions = cast(&actions, &DataType::Utf8).map_err(internal)?;
+    let actions = actions.as_string::<i32>();
+    let rows: Vec<usize> = (0..batch.num_rows())
+        .filter(|&row| actions.is_valid(row) && actions.value(row) == action.name())
+        .collect();
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let prepared = Prepared::new(batch, keys, compared, true)?;
+    let options = FormatOptions::default();
+    let readers = prepared.readers(&options);
+    Ok(rows
+        .into_iter()
+        .map(|row| readers.change(row, action, true, values))
+        .collect())
 }
 
 /// A batch's output columns for building changes: `k…`, `s_v…`, `d_v…`, `c…`, `id`, and for
@@ -148,15 +177,21 @@ struct Readers<'a> {
 }
 
 impl Readers<'_> {
-    fn change(&self, row: usize, action: Action, cells: bool) -> Change {
-        let values = |readers: &[Reader<'_>]| readers.iter().map(|r| r.json(row)).collect();
+    /// The change at `row`: with typed `cells` or without, with the compared columns' JSON
+    /// `values` or with none (see [`changes_of`]).
+    fn change(&self, row: usize, action: Action, cells: bool, values: bool) -> Change {
+        let json = |readers: &[Reader<'_>]| readers.iter().map(|r| r.json(row)).collect();
         let typed = |readers: &[Reader<'_>]| readers.iter().map(|r| r.cell(row)).collect();
+        let compared = |readers: &[Reader<'_>]| match values {
+            true => json(readers),
+            false => Vec::new(),
+        };
         Change {
             action,
-            key: values(&self.keys),
+            key: json(&self.keys),
             id: self.id.json(row),
-            source: values(&self.source),
-            destination: values(&self.destination),
+            source: compared(&self.source),
+            destination: compared(&self.destination),
             changed: self
                 .changed
                 .iter()

@@ -35,7 +35,7 @@ pub async fn write(
     let mut outcome = Outcome::default();
     let in_flight = client.options.concurrency.max(1);
     for action in super::actions(deletes) {
-        let mut changes = spool.read(action)?;
+        let mut changes = spool.read_to_write(action)?;
         loop {
             // A slice of the spool at a time: memory stays bounded whatever the changeset.
             let chunk = changes

@@ -294,7 +294,7 @@ pub async fn write(
         // that is free takes the next batch (batches of one action touch distinct keys, so their
         // order does not matter), and no writer waits for the others or for the spool.
         let (send, receive) = tokio::sync::mpsc::channel::<Batch>(2 * writers.len());
-        let mut changes = spool.read(action)?;
+        let mut changes = spool.read_to_write(action)?;
         let (batch_size, keys, sizes, n) = (
             job.write.batch_size,
             target.keys.len(),
