@@ -28,7 +28,7 @@ use crate::error::{Error, Result, Side};
 const DIFF_SQL: &str = include_str!("../../queries/diff.sql");
 const USER_DIFF_SQL: &str = include_str!("../../queries/user_diff.sql");
 const KEY_CHECKS_SQL: &str = include_str!("../../queries/key_checks.sql");
-/// Changes built at a time from the diff's output before a sink takes them.
+/// Rows of the diff's output written (and so read back, and built into changes) at a time.
 const CHANGES_PER_SLICE: usize = 4096;
 
 /// Read-only: no DDL, no DML, no `SET`.
@@ -307,17 +307,13 @@ pub async fn changeset_with(
                 .path()
                 .join(format!("diff-{pass}.arrow"));
             let file = OutputFile::write(&path, &mut stream, |_| Ok(())).await?;
+            // The file holds slices of at most CHANGES_PER_SLICE rows: changes are built and
+            // handed on a slice at a time.
             for batch in file.read()? {
-                let batch = batch?;
-                // A join emits its unmatched build rows as one batch (a whole side, on an
-                // initial load): changes are built and handed on a slice at a time.
-                for start in (0..batch.num_rows()).step_by(CHANGES_PER_SLICE) {
-                    let len = CHANGES_PER_SLICE.min(batch.num_rows() - start);
-                    collector.add(&batch.slice(start, len))?;
-                    if let Output::Sink(sink) = &mut output {
-                        for change in collector.changes.drain(..) {
-                            sink(&shell, change)?;
-                        }
+                collector.add(&batch?)?;
+                if let Output::Sink(sink) = &mut output {
+                    for change in collector.changes.drain(..) {
+                        sink(&shell, change)?;
                     }
                 }
             }
