@@ -101,6 +101,28 @@ async fn plan_and_apply_under_a_small_memory_limit_give_exact_counts() {
         doc["changes"].as_array().unwrap().len() as i64,
         insert + update + delete
     );
+    // With both sides' values, built from the spooled diff output (the writers' changes carry
+    // none): an update's from and to, an insert's and a delete's values.
+    let changes = doc["changes"].as_array().unwrap();
+    let of = |k: i64| {
+        changes
+            .iter()
+            .find(|c| c["key"]["k"] == k)
+            .unwrap_or_else(|| panic!("no change for k = {k}"))
+    };
+    let (updated, inserted, deleted) = (of(40), of(50), of(200_001));
+    assert_eq!(updated["action"], "update", "{updated}");
+    assert_eq!(updated["changed"]["name"]["from"], "changed", "{updated}");
+    assert_eq!(inserted["action"], "insert", "{inserted}");
+    assert_eq!(deleted["action"], "delete", "{deleted}");
+    assert_eq!(deleted["values"]["name"], "extra", "{deleted}");
+    let to = updated["changed"]["name"]["to"].as_str().unwrap();
+    let name = inserted["values"]["name"].as_str().unwrap();
+    let price = inserted["values"]["price"].as_str().unwrap();
+    let query = format!(
+        "SELECT count(*) FROM s WHERE (k = 40 AND name = '{to}') OR (k = 50 AND name = '{name}' AND price = {price})"
+    );
+    assert_eq!(pg_count(&url, &query).await, 2, "{updated} {inserted}");
     let applied = doc["applied"].clone();
     assert_eq!(
         (
