@@ -281,9 +281,25 @@ impl<'a> Reader<'a> {
             DataType::Float64 => Cell::Float(array.as_primitive::<Float64Type>().value(row)),
             DataType::Utf8 => Cell::Text(array.as_string::<i32>().value(row).to_string()),
             DataType::Boolean => Cell::Bool(array.as_boolean().value(row)),
-            DataType::Decimal128(..) | DataType::Decimal256(..) | DataType::UInt64 => {
-                Cell::Decimal(self.display(row))
+            // As arrow displays decimals (its own digits-to-decimal step), without a formatter
+            // per value, and a 256-bit value that fits 128 bits written from its i128.
+            DataType::Decimal128(precision, scale) => Cell::Decimal(format_decimal_str(
+                &array
+                    .as_primitive::<Decimal128Type>()
+                    .value(row)
+                    .to_string(),
+                *precision as usize,
+                *scale,
+            )),
+            DataType::Decimal256(precision, scale) => {
+                let value = array.as_primitive::<Decimal256Type>().value(row);
+                let digits = match value.to_i128() {
+                    Some(narrow) => narrow.to_string(),
+                    None => value.to_string(),
+                };
+                Cell::Decimal(format_decimal_str(&digits, *precision as usize, *scale))
             }
+            DataType::UInt64 => Cell::Decimal(self.display(row)),
             DataType::Timestamp(TimeUnit::Microsecond, zone) => timestamp_cell(
                 array.as_primitive::<TimestampMicrosecondType>().value(row),
                 zone.is_some(),
@@ -431,5 +447,60 @@ fn timestamp_cell(us: i64, zoned: bool) -> Cell {
         (_, Some(t)) if zoned => Cell::TimestampTz(t),
         (_, Some(t)) => Cell::Timestamp(t.naive_utc()),
         (_, None) => Cell::Text(crate::temporal::timestamp_text(us, zoned)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Decimal128Array, Decimal256Array};
+    use datafusion::arrow::datatypes::i256;
+    use std::sync::Arc;
+
+    #[test]
+    fn decimal_cells_read_as_arrow_displays_them() {
+        let narrow = [
+            0i128,
+            5,
+            -5,
+            -123_456,
+            99_999_999_999_999_999_999_999_999_999_999_999_999,
+            i128::MAX,
+            i128::MIN + 1,
+        ];
+        let wide = narrow
+            .iter()
+            .map(|v| i256::from_i128(*v))
+            .chain([
+                i256::from_i128(i128::MAX).wrapping_mul(i256::from_i128(1000)),
+                i256::from_i128(i128::MIN).wrapping_mul(i256::from_i128(7)),
+            ])
+            .collect::<Vec<_>>();
+        for scale in [0i8, 2, 10, 38, -2] {
+            let arrays: [ArrayRef; 2] = [
+                Arc::new(
+                    Decimal128Array::from(narrow.to_vec())
+                        .with_precision_and_scale(38, scale.max(0))
+                        .unwrap(),
+                ),
+                Arc::new(
+                    Decimal256Array::from(wide.clone())
+                        .with_precision_and_scale(76, scale)
+                        .unwrap(),
+                ),
+            ];
+            let options = FormatOptions::default();
+            for array in &arrays {
+                let reader = Reader::new(array, &options);
+                for row in 0..array.len() {
+                    assert_eq!(
+                        reader.cell(row),
+                        Cell::Decimal(reader.display(row)),
+                        "{} row {row}",
+                        array.data_type()
+                    );
+                }
+            }
+        }
     }
 }

@@ -363,8 +363,41 @@ fn statement(table: &str, lookup: &Lookup, target: &Target, op: &Op<'_>) -> Stri
 
 /// One value as the text its column's input function reads (`None`: NULL). A NUL character
 /// makes PostgreSQL refuse the batch, and then that row alone (text cannot hold it).
-fn text(cell: &Cell) -> Option<String> {
+/// `YYYY-MM-DD`: years past 9999 without chrono's `+` sign, which PostgreSQL does not read.
+/// (Written field by field: chrono's `format` parses its pattern for every value.)
+fn write_date(out: &mut String, d: &chrono::NaiveDate) {
     use chrono::Datelike;
+    use std::fmt::Write;
+    let _ = write!(out, "{:04}-{:02}-{:02}", d.year(), d.month(), d.day());
+}
+
+/// `HH:MM:SS.ffffff`, as chrono's `%H:%M:%S%.6f` writes it (a leap second as second 60).
+fn write_time(out: &mut String, t: &chrono::NaiveTime) {
+    use chrono::Timelike;
+    use std::fmt::Write;
+    let nanos = t.nanosecond();
+    let leap = u32::from(nanos >= 1_000_000_000);
+    let _ = write!(
+        out,
+        "{:02}:{:02}:{:02}.{:06}",
+        t.hour(),
+        t.minute(),
+        t.second() + leap,
+        (nanos % 1_000_000_000) / 1_000
+    );
+}
+
+/// A timestamp as `YYYY-MM-DD HH:MM:SS.ffffff`, then `zone`.
+fn timestamp_text(t: &chrono::NaiveDateTime, zone: &str) -> String {
+    let mut out = String::with_capacity(32);
+    write_date(&mut out, &t.date());
+    out.push(' ');
+    write_time(&mut out, &t.time());
+    out.push_str(zone);
+    out
+}
+
+fn text(cell: &Cell) -> Option<String> {
     Some(match cell {
         Cell::Null => return None,
         Cell::Bool(b) => if *b { "t" } else { "f" }.into(),
@@ -381,11 +414,66 @@ fn text(cell: &Cell) -> Option<String> {
             }
             out
         }
-        // Years past 9999 without chrono's `+` sign, which PostgreSQL does not read.
-        Cell::Date(d) => format!("{:04}-{}", d.year(), d.format("%m-%d")),
-        Cell::Time(t) => t.format("%H:%M:%S%.6f").to_string(),
-        Cell::Timestamp(t) => format!("{:04}-{}", t.year(), t.format("%m-%d %H:%M:%S%.6f")),
-        Cell::TimestampTz(t) => format!("{:04}-{}", t.year(), t.format("%m-%d %H:%M:%S%.6f+00")),
+        Cell::Date(d) => {
+            let mut out = String::with_capacity(10);
+            write_date(&mut out, d);
+            out
+        }
+        Cell::Time(t) => {
+            let mut out = String::with_capacity(15);
+            write_time(&mut out, t);
+            out
+        }
+        Cell::Timestamp(t) => timestamp_text(t, ""),
+        Cell::TimestampTz(t) => timestamp_text(&t.naive_utc(), "+00"),
         Cell::Infinity(negative) => if *negative { "-infinity" } else { "infinity" }.into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{Datelike, NaiveDate, NaiveTime};
+
+    /// What PostgreSQL is sent for dates, times and timestamps, against chrono's patterns.
+    #[test]
+    fn temporal_text_is_what_chrono_writes_with_four_digit_years() {
+        let dates = [
+            (1, 1, 1),
+            (1970, 1, 1),
+            (2024, 2, 29),
+            (9999, 12, 31),
+            (10000, 1, 1),
+            (-44, 3, 15),
+        ]
+        .map(|(y, m, d)| NaiveDate::from_ymd_opt(y, m, d).unwrap());
+        let times = [
+            NaiveTime::from_hms_opt(0, 0, 0).unwrap(),
+            NaiveTime::from_hms_micro_opt(23, 59, 59, 999_999).unwrap(),
+            NaiveTime::from_hms_micro_opt(12, 5, 7, 10).unwrap(),
+            NaiveTime::from_hms_nano_opt(23, 59, 59, 1_000_500_000).unwrap(),
+        ];
+        for d in dates {
+            let year = format!("{:04}-", d.year());
+            assert_eq!(
+                text(&Cell::Date(d)).unwrap(),
+                year.clone() + &d.format("%m-%d").to_string()
+            );
+            for t in times {
+                let at = d.and_time(t);
+                let expected = year.clone() + &at.format("%m-%d %H:%M:%S%.6f").to_string();
+                assert_eq!(text(&Cell::Timestamp(at)).unwrap(), expected);
+                assert_eq!(
+                    text(&Cell::TimestampTz(at.and_utc())).unwrap(),
+                    expected + "+00"
+                );
+                assert_eq!(
+                    text(&Cell::Time(t)).unwrap(),
+                    t.format("%H:%M:%S%.6f").to_string()
+                );
+            }
+        }
+        assert_eq!(text(&Cell::Date(dates[5])).unwrap(), "-044-03-15");
+        assert_eq!(text(&Cell::Time(times[3])).unwrap(), "23:59:60.000500");
+    }
 }
