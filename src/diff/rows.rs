@@ -44,8 +44,7 @@ impl Collector {
     }
 
     pub fn add(&mut self, batch: &RecordBatch) -> Result<()> {
-        let actions = column(batch, "action")?;
-        let actions = cast(&actions, &DataType::Utf8).map_err(internal)?;
+        let actions = actions(batch)?;
         let actions = actions.as_string::<i32>();
         let listed = match self.limit {
             Some(n) => n.saturating_sub(self.built),
@@ -88,8 +87,7 @@ pub fn changes_of(
     action: Action,
     values: bool,
 ) -> Result<Vec<Change>> {
-    let actions = column(batch, "action")?;
-    let actions = cast(&actions, &DataType::Utf8).map_err(internal)?;
+    let actions = actions(batch)?;
     let actions = actions.as_string::<i32>();
     let rows: Vec<usize> = (0..batch.num_rows())
         .filter(|&row| actions.is_valid(row) && actions.value(row) == action.name())
@@ -104,6 +102,11 @@ pub fn changes_of(
         .into_iter()
         .map(|row| readers.change(row, action, true, values))
         .collect())
+}
+
+/// The output's `action` column, as text.
+fn actions(batch: &RecordBatch) -> Result<ArrayRef> {
+    cast(&column(batch, "action")?, &DataType::Utf8).map_err(internal)
 }
 
 /// A batch's output columns for building changes: `k…`, `s_v…`, `d_v…`, `c…`, `id`, and for
@@ -281,23 +284,8 @@ impl<'a> Reader<'a> {
             DataType::Float64 => Cell::Float(array.as_primitive::<Float64Type>().value(row)),
             DataType::Utf8 => Cell::Text(array.as_string::<i32>().value(row).to_string()),
             DataType::Boolean => Cell::Bool(array.as_boolean().value(row)),
-            // As arrow displays decimals (its own digits-to-decimal step), without a formatter
-            // per value, and a 256-bit value that fits 128 bits written from its i128.
-            DataType::Decimal128(precision, scale) => Cell::Decimal(format_decimal_str(
-                &array
-                    .as_primitive::<Decimal128Type>()
-                    .value(row)
-                    .to_string(),
-                *precision as usize,
-                *scale,
-            )),
-            DataType::Decimal256(precision, scale) => {
-                let value = array.as_primitive::<Decimal256Type>().value(row);
-                let digits = match value.to_i128() {
-                    Some(narrow) => narrow.to_string(),
-                    None => value.to_string(),
-                };
-                Cell::Decimal(format_decimal_str(&digits, *precision as usize, *scale))
+            DataType::Decimal128(..) | DataType::Decimal256(..) => {
+                Cell::Decimal(decimal_text(array, row))
             }
             DataType::UInt64 => Cell::Decimal(self.display(row)),
             DataType::Timestamp(TimeUnit::Microsecond, zone) => timestamp_cell(
@@ -371,6 +359,32 @@ fn display_text(array: &ArrayRef, row: usize) -> String {
     Reader::new(array, &options).display(row)
 }
 
+/// A decimal as arrow displays it (its own digits-to-decimal step), without a formatter made for
+/// the value, and a 256-bit value that fits 128 bits written from its i128.
+fn decimal_text(array: &ArrayRef, row: usize) -> String {
+    use datafusion::arrow::datatypes::*;
+    let (digits, precision, scale) = match array.data_type() {
+        DataType::Decimal128(precision, scale) => (
+            array
+                .as_primitive::<Decimal128Type>()
+                .value(row)
+                .to_string(),
+            precision,
+            scale,
+        ),
+        DataType::Decimal256(precision, scale) => {
+            let value = array.as_primitive::<Decimal256Type>().value(row);
+            let digits = match value.to_i128() {
+                Some(narrow) => narrow.to_string(),
+                None => value.to_string(),
+            };
+            (digits, precision, scale)
+        }
+        _ => return display_text(array, row),
+    };
+    format_decimal_str(&digits, *precision as usize, *scale)
+}
+
 /// One cell as a typed value for writeback.
 pub fn cell(array: &ArrayRef, row: usize) -> Cell {
     use DataType::*;
@@ -396,7 +410,7 @@ pub fn cell(array: &ArrayRef, row: usize) -> Cell {
             )
         }),
         UInt64 | Decimal32(..) | Decimal64(..) | Decimal128(..) | Decimal256(..) => {
-            Cell::Decimal(display_text(array, row))
+            Cell::Decimal(decimal_text(array, row))
         }
         Utf8 | LargeUtf8 | Utf8View => as_type(Utf8).map_or(Cell::Null, |a| {
             Cell::Text(a.as_string::<i32>().value(0).to_string())
@@ -499,6 +513,7 @@ mod tests {
                         "{} row {row}",
                         array.data_type()
                     );
+                    assert_eq!(cell(array, row), reader.cell(row));
                 }
             }
         }
