@@ -151,9 +151,12 @@ impl Column {
             Column::Oid(b) => b.append_value(u32::from_be_bytes(be(v)?).into()),
             Column::Float4(b) => b.append_value(f32::from_be_bytes(be(v)?)),
             Column::Float8(b) => b.append_value(f64::from_be_bytes(be(v)?)),
-            Column::Numeric(d) => match numeric_128(v)? {
+            Column::Numeric(d) => match numeric_short(v) {
                 Some((mantissa, scale)) => d.push_i128(mantissa, scale),
-                None => d.push(Some(numeric(v)?)),
+                None => match numeric_128(v)? {
+                    Some((mantissa, scale)) => d.push_i128(mantissa, scale),
+                    None => d.push(Some(numeric(v)?)),
+                },
             },
             Column::Text(b) => b.append_value(utf8(v)?),
             Column::Bpchar(b) => b.append_value(utf8(v)?.trim_end_matches(' ')),
@@ -414,15 +417,15 @@ impl Decoder {
         }
         // First make sure the whole tuple is here, so that a row is decoded all at once; the
         // values' places are kept, so that each length is read once.
-        self.fields.clear();
+        self.fields.resize(self.kinds.len(), (0, 0));
         let mut end = 2;
-        for _ in 0..fields {
+        for field in self.fields.iter_mut() {
             let Some(header) = b.get(end..end + 4) else {
                 return Ok(None);
             };
             let len = i32::from_be_bytes([header[0], header[1], header[2], header[3]]);
             end += 4;
-            self.fields.push((end, len));
+            *field = (end, len);
             end += len.max(0) as usize;
         }
         if b.len() < end {
@@ -444,7 +447,12 @@ impl Decoder {
                         },
                     )?,
                 };
-                let bucket = (hash % deal.buckets.len() as u64) as usize;
+                // `hash % n`, without a division when `n` is a power of two (32: src/stage.rs).
+                let n = deal.buckets.len() as u64;
+                let bucket = match n.is_power_of_two() {
+                    true => hash & (n - 1),
+                    false => hash % n,
+                } as usize;
                 deal.rows[bucket] += 1;
                 (&mut deal.buckets[bucket], Some(bucket))
             }
@@ -464,6 +472,7 @@ impl Decoder {
 }
 
 /// A key value's bucket hash, as src/diff/bucket.rs hashes the Arrow array it decodes to.
+#[inline(always)]
 fn key_hash(kind: PgKind, v: &[u8]) -> Result<u64, String> {
     use crate::diff::bucket_hash_value as hash;
     Ok(match kind {
@@ -568,6 +577,38 @@ pub fn numeric(v: &[u8]) -> Result<(i256, u32), String> {
     Ok((n, dscale as u32))
 }
 
+/// The common binary `numeric`, decoded inline where a column's values are (a call returning
+/// [`numeric_128`]'s `Result` cost ~4 ns a value): finite, up to 4 base-10000 digits (16
+/// decimal ones, 64-bit arithmetic, no division but by a constant) and a small exponent, as
+/// (mantissa, scale); `None`: [`numeric_128`] decides, and says what is wrong.
+#[inline(always)]
+fn numeric_short(v: &[u8]) -> Option<(i128, u32)> {
+    let head: [u8; 8] = v.get(..8)?.try_into().ok()?;
+    let ndigits = u16::from_be_bytes([head[0], head[1]]) as usize;
+    let weight = i16::from_be_bytes([head[2], head[3]]) as i32;
+    let sign = u16::from_be_bytes([head[4], head[5]]);
+    let dscale = u16::from_be_bytes([head[6], head[7]]) as i32;
+    let exp = 4 * (weight - ndigits as i32 + 1) + dscale;
+    if ndigits > 4 || (sign != 0 && sign != 0x4000) || !(-3..=3).contains(&exp) {
+        return None;
+    }
+    let digits = v.get(8..8 + 2 * ndigits)?;
+    let mut n: u64 = 0;
+    for d in digits.chunks_exact(2) {
+        n = n * 10_000 + u16::from_be_bytes([d[0], d[1]]) as u64;
+    }
+    let n = match exp {
+        -3 => n / 1000,
+        -2 => n / 100,
+        -1 => n / 10,
+        0 => n,
+        1 => n * 10,
+        2 => n * 100,
+        _ => n * 1000,
+    } as i128;
+    Some((if sign == 0x4000 { -n } else { n }, dscale as u32))
+}
+
 /// A binary `numeric` checked, and as a 128-bit (mantissa, scale) when it fits without 256-bit
 /// arithmetic (up to 9 base-10000 digits and a small exponent); `None`: see [`numeric`].
 #[inline]
@@ -592,18 +633,8 @@ fn numeric_128(v: &[u8]) -> Result<Option<(i128, u32)>, String> {
     let exp = 4 * (weight - ndigits as i32 + 1) + dscale;
     let negative = sign == 0x4000;
     // Up to 4 base-10000 digits (16 decimal ones) fit 64 bits: no 128-bit division.
-    if ndigits <= 4 && (-3..=3).contains(&exp) {
-        let mut n: u64 = 0;
-        for i in 0..ndigits {
-            n = n * 10_000 + u16::from_be_bytes([v[8 + 2 * i], v[9 + 2 * i]]) as u64;
-        }
-        let n = match exp {
-            -3 => n / 1000,
-            -2 => n / 100,
-            -1 => n / 10,
-            e => n * 10u64.pow(e as u32),
-        } as i128;
-        return Ok(Some((if negative { -n } else { n }, dscale as u32)));
+    if let Some(short) = numeric_short(v) {
+        return Ok(Some(short));
     }
     // Up to 9 base-10000 digits and a small exponent fit 128 bits: no 256-bit arithmetic.
     if ndigits <= 9 && (-38..=38).contains(&exp) {
@@ -648,6 +679,59 @@ mod tests {
             v.extend(d.to_be_bytes());
         }
         v
+    }
+
+    #[test]
+    fn short_numerics_decode_as_the_128_bit_arithmetic_does() {
+        // The mantissa by i128 arithmetic, as the 9-digit path computes it.
+        let reference = |digits: &[u16], weight: i16, neg: bool, dscale: u16| {
+            let n = digits.iter().fold(0i128, |n, d| n * 10_000 + *d as i128);
+            let exp = 4 * (weight as i32 - digits.len() as i32 + 1) + dscale as i32;
+            let n = match exp >= 0 {
+                true => n * 10i128.pow(exp as u32),
+                false => n / 10i128.pow((-exp) as u32),
+            };
+            (if neg { -n } else { n }, dscale as u32)
+        };
+        let values: [u16; 4] = [0, 1, 1234, 9999];
+        let mut checked = 0;
+        for ndigits in 0..=5usize {
+            for pick in 0..values.len() {
+                let digits: Vec<u16> = (0..ndigits).map(|i| values[(pick + i) % 4]).collect();
+                for weight in -3..=6i16 {
+                    for dscale in 0..=12u16 {
+                        for neg in [false, true] {
+                            let v = encode(&digits, weight, neg, dscale);
+                            if let Some(short) = numeric_short(&v) {
+                                assert_eq!(short, reference(&digits, weight, neg, dscale), "{v:?}");
+                                checked += 1;
+                            }
+                            // Whatever path it takes, the value is the same.
+                            let wide = numeric_128(&v).unwrap();
+                            if let Some(wide) = wide {
+                                assert_eq!(wide, reference(&digits, weight, neg, dscale));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 500, "the short path took {checked} values");
+        // The largest: 16 nines times 1000 is past i64, not past the mantissa.
+        let v = encode(&[9999, 9999, 9999, 9999], 3, true, 3);
+        assert_eq!(numeric_short(&v), Some((-9_999_999_999_999_999_000, 3)));
+        // Five digits, NaN, infinity, a truncated value: not the short path's.
+        assert_eq!(numeric_short(&encode(&[1, 2, 3, 4, 5], 4, false, 0)), None);
+        let mut nan = encode(&[], 0, false, 0);
+        nan[4] = 0xC0;
+        assert_eq!(numeric_short(&nan), None);
+        assert!(numeric_128(&nan).is_err());
+        let mut inf = encode(&[], 0, false, 0);
+        inf[4] = 0xD0;
+        assert_eq!(numeric_short(&inf), None);
+        let v = encode(&[12, 34], 1, false, 0);
+        assert_eq!(numeric_short(&v[..v.len() - 1]), None);
+        assert!(numeric_128(&v[..v.len() - 1]).is_err());
     }
 
     #[test]
