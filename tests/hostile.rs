@@ -40,13 +40,40 @@ async fn a_damaged_future_or_locked_state_store_is_refused_never_recreated() {
         .await
         .unwrap();
     let before = destination_rows(&f).await;
+    // The whole store in its file (the last run's pages may still be in its write-ahead log).
+    let mut store = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
+        "sqlite://{}",
+        state.display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&mut store)
+        .await
+        .unwrap();
+    sqlx::Connection::close(store).await.unwrap();
     let good = std::fs::read(&state).unwrap();
+    assert!(good.len() > 4096, "a store of several pages");
+    // A store's file as it is before its first checkpoint (the rest in its write-ahead log):
+    // one page, an empty database's.
+    let fresh = f.path("fresh.db");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&fresh)
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+    let conn = sqlx::ConnectOptions::connect(&options).await.unwrap();
+    sqlx::Connection::close(conn).await.unwrap();
+    let first_page = std::fs::read(&fresh).unwrap();
+    assert_eq!(first_page.len(), 4096);
     for (damage, expect) in [
         ("truncated", "the state store file is damaged"),
+        // SQLite alone reads this as an empty database, which migrations would fill afresh.
+        ("first page cut", "the state store file is damaged"),
         ("garbage", "the state store file is damaged"),
     ] {
         let bytes: Vec<u8> = match damage {
             "truncated" => good[..good.len() / 3].to_vec(),
+            "first page cut" => first_page[..1365].to_vec(),
             _ => (0..8192u32)
                 .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
                 .collect(),

@@ -16,6 +16,19 @@ pub(super) async fn open_sqlite(path: &Path) -> Result<SqliteConnection> {
     if let Some(dir) = path.parent() {
         create_private_dir(dir)?;
     }
+    // SQLite reads a file cut short to its first page as a smaller (even empty) database; its
+    // header still says how long it was: refused as damaged rather than migrated afresh.
+    if let Some((header, actual)) = sqlite_length(path).filter(|(header, actual)| header > actual) {
+        return Err(Error::State {
+            path: path.to_path_buf(),
+            source: Box::new(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "not a database any more: its header says {header} bytes, the file has {actual}"
+                ),
+            )),
+        });
+    }
     // A file that cannot be opened for writing is the store's problem, with the store's hint.
     create_private(path).map_err(|e| match e {
         Error::Io { source, .. } => Error::State {
@@ -38,6 +51,28 @@ pub(super) async fn open_sqlite(path: &Path) -> Result<SqliteConnection> {
         });
     }
     Ok(conn)
+}
+
+/// An SQLite file's length as its header gives it (pages × page size, when the header's page
+/// count is valid: its change counter matches "version-valid-for", fileformat2.html §1.3.7), and
+/// its length on disk; `None` for a file that is missing, empty or not SQLite's.
+fn sqlite_length(path: &Path) -> Option<(u64, u64)> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).ok()?;
+    let actual = file.metadata().ok()?.len();
+    let mut header = [0u8; 100];
+    file.read_exact(&mut header).ok()?;
+    if &header[..16] != b"SQLite format 3\0" {
+        return None;
+    }
+    let be32 = |at: usize| {
+        u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
+    let page = match u16::from_be_bytes([header[16], header[17]]) {
+        1 => 65_536,
+        n => n as u64,
+    };
+    (be32(24) == be32(92) && be32(28) > 0).then(|| (be32(28) as u64 * page, actual))
 }
 
 /// Connect with `search_path = recon` (created if missing) so recon's tables never meet the
