@@ -228,7 +228,8 @@ pub struct Decoder {
     columns: Vec<Column>,
     /// Rows in `columns`.
     rows: usize,
-    /// Where each value of the tuple being decoded starts, and its length (-1: NULL).
+    /// Where each value of the tuple being decoded starts, and its length (-1: NULL): one
+    /// place a column.
     fields: Vec<(usize, i32)>,
     deal: Option<Deal>,
     /// Bytes of an incomplete tuple (or header) carried over to the next chunk.
@@ -240,12 +241,13 @@ pub struct Decoder {
 impl Decoder {
     pub fn new(names: Vec<String>, kinds: Vec<PgKind>) -> Decoder {
         let columns = kinds.iter().map(|k| k.column()).collect();
+        let fields = vec![(0, 0); kinds.len()];
         Decoder {
             names,
             kinds,
             columns,
             rows: 0,
-            fields: Vec::new(),
+            fields,
             deal: None,
             buf: Vec::new(),
             header_done: false,
@@ -417,7 +419,6 @@ impl Decoder {
         }
         // First make sure the whole tuple is here, so that a row is decoded all at once; the
         // values' places are kept, so that each length is read once.
-        self.fields.resize(self.kinds.len(), (0, 0));
         let mut end = 2;
         for field in self.fields.iter_mut() {
             let Some(header) = b.get(end..end + 4) else {
@@ -542,6 +543,9 @@ fn uuid(v: &[u8]) -> Result<String, String> {
 /// first digit, `dscale` the number of decimal digits after the point. The mantissa is 256 bits
 /// wide (76 digits); the batch narrows it to 128 bits when every value fits 38 digits.
 pub fn numeric(v: &[u8]) -> Result<(i256, u32), String> {
+    if let Some((n, scale)) = numeric_short(v) {
+        return Ok((i256::from_i128(n), scale));
+    }
     if let Some((n, scale)) = numeric_128(v)? {
         return Ok((i256::from_i128(n), scale));
     }
@@ -632,10 +636,6 @@ fn numeric_128(v: &[u8]) -> Result<Option<(i128, u32)>, String> {
     // n × 10000^(weight - ndigits + 1) × 10^dscale is the mantissa.
     let exp = 4 * (weight - ndigits as i32 + 1) + dscale;
     let negative = sign == 0x4000;
-    // Up to 4 base-10000 digits (16 decimal ones) fit 64 bits: no 128-bit division.
-    if let Some(short) = numeric_short(v) {
-        return Ok(Some(short));
-    }
     // Up to 9 base-10000 digits and a small exponent fit 128 bits: no 256-bit arithmetic.
     if ndigits <= 9 && (-38..=38).contains(&exp) {
         let mut n: i128 = 0;
