@@ -17,8 +17,16 @@ pub(super) async fn open_sqlite(path: &Path) -> Result<SqliteConnection> {
         create_private_dir(dir)?;
     }
     // SQLite reads a file cut short to its first page as a smaller (even empty) database; its
-    // header still says how long it was: refused as damaged rather than migrated afresh.
-    if let Some((header, actual)) = sqlite_length(path).filter(|(header, actual)| header > actual) {
+    // header still says how long it was: refused as damaged rather than migrated afresh. While
+    // a write-ahead log holds pages, the file may be shorter than its header says (a checkpoint
+    // copies page 1 before it extends the file): SQLite reads those pages from the log.
+    let mut log = path.as_os_str().to_owned();
+    log.push("-wal");
+    let logged = std::fs::metadata(&log).is_ok_and(|m| m.len() > 0);
+    if let Some((header, actual)) = sqlite_length(path)
+        .filter(|(header, actual)| header > actual)
+        .filter(|_| !logged)
+    {
         return Err(Error::State {
             path: path.to_path_buf(),
             source: Box::new(std::io::Error::new(
