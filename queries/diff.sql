@@ -22,7 +22,9 @@
 -- Rows come inserts first, then updates, then deletes, each by key, so listings are stable. The
 -- ORDER BY section is left out when no change is listed in order (counting only, or an apply,
 -- whose writeback groups changes by action anyway): sorting every change is the costliest part
--- of an initial load.
+-- of an initial load. An apply into a destination that already holds much of the source sorts
+-- its changes by key alone instead (`ORDER BY k0, …`, src/diff/mod.rs), so that writeback can
+-- write them in the order of the destination's key index (src/writeback/spool.rs).
 -- Every comparison is parenthesised: DataFusion's parser binds IS DISTINCT FROM looser than OR.
 SELECT
     CASE

@@ -166,6 +166,7 @@ pub async fn diff_snapshots(
     let layout = diff::Layout {
         passes,
         smaller_destination,
+        key_order: sizes[1] >= sizes[0] / 2,
         catalog: Some(catalog),
     };
     let changeset = diff::changeset_with(&ctx, job, limit, cells, layout, output).await;

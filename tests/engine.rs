@@ -88,6 +88,15 @@ async fn plan_and_apply_under_a_small_memory_limit_give_exact_counts() {
         (Some(insert), Some(update), Some(delete)),
         "{c}"
     );
+    // Each writer's inserts, in the order it made them.
+    pg_exec(
+        &url,
+        "CREATE TABLE inserted (n bigserial, pid int, k int);
+         CREATE FUNCTION log_insert() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN INSERT INTO inserted (pid, k) VALUES (pg_backend_pid(), NEW.k); RETURN NEW; END $$;
+         CREATE TRIGGER log_insert AFTER INSERT ON d FOR EACH ROW EXECUTE FUNCTION log_insert();",
+    )
+    .await;
     let (code, out, err) = recon(
         &[
             "apply", "job.toml", "-f", "json", "--force", limit[0], limit[1],
@@ -95,6 +104,16 @@ async fn plan_and_apply_under_a_small_memory_limit_give_exact_counts() {
         f.dir.path(),
     );
     assert_eq!(code, 0, "{err}");
+    // The passes' changes reach the destination merged into key order: each writer's inserts
+    // ascend (spread over the passes, the keys are not in order in any one of them).
+    assert_eq!(
+        pg_count(&url, "SELECT count(*) FROM inserted").await,
+        insert
+    );
+    let descending =
+        "SELECT count(*) FROM (SELECT k, lag(k) OVER (PARTITION BY pid ORDER BY n) AS before
+                        FROM inserted) AS w WHERE before > k";
+    assert_eq!(pg_count(&url, descending).await, 0);
     // Every change is listed, read back from the spool after the writes.
     let doc = json(&out);
     assert_eq!(
