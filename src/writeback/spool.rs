@@ -434,6 +434,18 @@ mod tests {
 
     /// A diff output file written as the diff writes it (`action`, `k0`, `s_v0`, `d_v0`, `c0`,
     /// `id`, `n_v0`), one batch per slice of `actions`.
+    /// Every change of `action`: as the report reads them (`values`) or as a writer does.
+    fn read_back(spool: &Spool, action: Action, values: bool) -> Vec<Change> {
+        match values {
+            true => spool.read(action).unwrap().map(Result::unwrap).collect(),
+            false => spool
+                .read_to_write(action)
+                .unwrap()
+                .map(Result::unwrap)
+                .collect(),
+        }
+    }
+
     /// A diff output batch of `rows` (action, key), one text column.
     fn diff_batch(rows: &[(&str, i64)]) -> datafusion::arrow::record_batch::RecordBatch {
         use datafusion::arrow::array::{ArrayRef, BooleanArray, Int64Array, StringArray};
@@ -522,14 +534,7 @@ mod tests {
         }
         spool.close().unwrap();
         let keys = |action, values: bool| -> Vec<i64> {
-            let changes: Vec<Change> = match values {
-                true => spool.read(action).unwrap().map(Result::unwrap).collect(),
-                false => spool
-                    .read_to_write(action)
-                    .unwrap()
-                    .map(Result::unwrap)
-                    .collect(),
-            };
+            let changes = read_back(&spool, action, values);
             changes.iter().map(|c| c.key[0].as_i64().unwrap()).collect()
         };
         // A writer gets each action's changes once, in one key order.
@@ -600,16 +605,7 @@ mod tests {
         let keys = |changes: &[Change]| -> Vec<i64> {
             changes.iter().map(|c| c.key[0].as_i64().unwrap()).collect()
         };
-        let read = |action, values: bool| -> Vec<Change> {
-            match values {
-                true => spool.read(action).unwrap().map(Result::unwrap).collect(),
-                false => spool
-                    .read_to_write(action)
-                    .unwrap()
-                    .map(Result::unwrap)
-                    .collect(),
-            }
-        };
+        let read = |action, values: bool| read_back(&spool, action, values);
         // Keys restart at 0 in each part: the report reads the parts in turn, a writer merges
         // them by key.
         assert_eq!(keys(&read(Action::Update, true)), [-1, 1, 3, 4, 1]);
