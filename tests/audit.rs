@@ -327,16 +327,7 @@ async fn the_html_report_renders_in_headless_chromium() {
         );
         assert_eq!(code, 0, "{err}");
         if round == 1 {
-            let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
-                "sqlite://{}",
-                db.display()
-            ))
-            .await
-            .unwrap();
-            sqlx::query("UPDATE d SET name = 'n' || k WHERE name = 'renamed'")
-                .execute(&mut conn)
-                .await
-                .unwrap();
+            sqlite_exec(&db, "UPDATE d SET name = 'n' || k WHERE name = 'renamed'").await;
         }
     }
     let expected = sqlite_figures(&db, 0.0).await;

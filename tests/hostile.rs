@@ -29,29 +29,14 @@ async fn a_damaged_future_or_locked_state_store_is_refused_never_recreated() {
     assert_eq!(code, 0, "{err}");
     let converged = destination_rows(&f).await;
     // The destination drifts again, so an apply that went ahead would write.
-    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
-        "sqlite://{}",
-        f.path("app.db").display()
-    ))
-    .await
-    .unwrap();
-    sqlx::query("UPDATE destination_order SET total_price = 1 WHERE code = 'A-1'")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    sqlite_exec(
+        &f.path("app.db"),
+        "UPDATE destination_order SET total_price = 1 WHERE code = 'A-1'",
+    )
+    .await;
     let before = destination_rows(&f).await;
     // The whole store in its file (the last run's pages may still be in its write-ahead log).
-    let mut store = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
-        "sqlite://{}",
-        state.display()
-    ))
-    .await
-    .unwrap();
-    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-        .execute(&mut store)
-        .await
-        .unwrap();
-    sqlx::Connection::close(store).await.unwrap();
+    sqlite_exec(&state, "PRAGMA wal_checkpoint(TRUNCATE)").await;
     let good = std::fs::read(&state).unwrap();
     assert!(good.len() > 4096, "a store of several pages");
     // A store's file as it is before its first checkpoint (the rest in its write-ahead log):
@@ -469,16 +454,7 @@ async fn nul_bytes_and_text_that_is_not_utf8_are_named_never_altered() {
     assert!(err.contains("column `t` holds text that is not UTF-8 (byte 0xff at 1, in the row whose `k` is \"3\")"), "{err}");
     assert_eq!(pg_count(&pg, "SELECT count(*) FROM d").await, 0);
     // A NUL character fails its row alone, with the reason; the rest is written.
-    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
-        "sqlite://{}",
-        db.display()
-    ))
-    .await
-    .unwrap();
-    sqlx::query("DELETE FROM s WHERE k = 3")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    sqlite_exec(&db, "DELETE FROM s WHERE k = 3").await;
     let (code, out, err) = recon(&["apply", "job.toml", "-f", "json"], f.dir.path());
     assert_eq!(code, 3, "{out}{err}");
     assert!(
@@ -490,10 +466,7 @@ async fn nul_bytes_and_text_that_is_not_utf8_are_named_never_altered() {
     );
     assert_eq!(pg_count(&pg, "SELECT count(*) FROM d").await, 1);
     // Fixed at the source: converges.
-    sqlx::query("UPDATE s SET t = 'nulbyte' WHERE k = 2")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    sqlite_exec(&db, "UPDATE s SET t = 'nulbyte' WHERE k = 2").await;
     assert_eq!(recon(&["apply", "job.toml"], f.dir.path()).0, 0);
     assert_plan_empty(f.dir.path(), "job.toml");
 }
@@ -611,16 +584,11 @@ async fn a_full_disk_under_the_state_store_loses_nothing() {
     // Fill the disk, and give the next run something to write.
     let filler = disk.join("filler");
     let _ = std::fs::write(&filler, vec![0u8; 4 << 20]);
-    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
-        "sqlite://{}",
-        f.path("app.db").display()
-    ))
-    .await
-    .unwrap();
-    sqlx::query("UPDATE destination_order SET total_price = 1")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    sqlite_exec(
+        &f.path("app.db"),
+        "UPDATE destination_order SET total_price = 1",
+    )
+    .await;
     let (code, _, err) = recon(&["apply", "orders.toml"], f.dir.path());
     let _ = std::fs::remove_file(&filler);
     let freed = code;
@@ -633,18 +601,8 @@ async fn a_full_disk_under_the_state_store_loses_nothing() {
     let (code, _, err) = recon(&["apply", "orders.toml"], f.dir.path());
     assert_eq!(code, 0, "{err}");
     let state = disk.join("state.db");
-    let mut store = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
-        "sqlite://{}",
-        state.display()
-    ))
-    .await
-    .unwrap();
-    let check: String = sqlx::query_scalar("PRAGMA integrity_check")
-        .fetch_one(&mut store)
-        .await
-        .unwrap();
-    assert_eq!(check, "ok");
-    drop(store);
+    let check = sqlite_text(&state, "PRAGMA integrity_check").await;
+    assert_eq!(check, [Some("ok".to_string())]);
     // Every source row written again (Z-9 is not in the source; deletes are off).
     let rows = sqlite_text(
         &f.path("app.db"),

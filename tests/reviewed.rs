@@ -45,16 +45,7 @@ async fn rows(url: &str) -> Vec<String> {
 
 async fn exec(url: &str, sql: &str) {
     match url.strip_prefix("sqlite://") {
-        Some(path) => {
-            let mut conn =
-                <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!("sqlite://{path}"))
-                    .await
-                    .unwrap();
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-        }
+        Some(path) => sqlite_exec(std::path::Path::new(path), sql).await,
         None => pg_exec(url, sql).await,
     }
 }

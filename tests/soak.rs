@@ -133,15 +133,6 @@ async fn applies_killed_at_random_converge_on_the_next_clean_run() {
     // A full comparison (no watermark) agrees: no row was ever skipped past.
     assert_plan_empty(f.dir.path(), "full.toml");
     let state = f.path(".recon/state.db");
-    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
-        "sqlite://{}",
-        state.display()
-    ))
-    .await
-    .expect("state store");
-    let check: String = sqlx::query_scalar("PRAGMA integrity_check")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(check, "ok", "seed {seed}");
+    let check = sqlite_text(&state, "PRAGMA integrity_check").await;
+    assert_eq!(check, [Some("ok".to_string())], "seed {seed}");
 }

@@ -44,17 +44,7 @@ impl Folder {
     /// Create a SQLite file from SQL statements.
     pub async fn sqlite(&self, name: &str, script: &str) -> PathBuf {
         let path = self.path(name);
-        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(&path)
-            .create_if_missing(true)
-            .connect()
-            .await
-            .expect("open sqlite");
-        sqlx::raw_sql(AssertSqlSafe(script.to_string()))
-            .execute(&mut conn)
-            .await
-            .expect("sqlite script");
-        conn.close().await.expect("close sqlite");
+        sqlite_run(&path, true, script).await;
         path
     }
 }
@@ -272,6 +262,26 @@ pub async fn pg_difference(url: &str, a: &str, b: &str) -> i64 {
         ),
     )
     .await
+}
+
+/// Run statements on a SQLite file.
+pub async fn sqlite_exec(path: &Path, script: &str) {
+    sqlite_run(path, false, script).await;
+}
+
+/// Run statements on a SQLite file, created first when `create`.
+async fn sqlite_run(path: &Path, create: bool, script: &str) {
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(create)
+        .connect()
+        .await
+        .expect("open sqlite");
+    sqlx::raw_sql(AssertSqlSafe(script.to_string()))
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("{script}: {e}"));
+    conn.close().await.expect("close sqlite");
 }
 
 /// One value from a query on a SQLite file, as text (NULL as `None`).
