@@ -198,6 +198,9 @@ pub struct SideFacts {
     pub held_bytes: Option<u64>,
     /// The side is staged in buckets by its one key column (src/stage.rs `BUCKETS`).
     pub bucketed: bool,
+    /// Its rows were dealt to buckets by this key range rather than by hash
+    /// (src/diff/bucket.rs `KeyRange`).
+    pub range: Option<crate::diff::KeyRange>,
 }
 
 fn side_index(side: Side) -> usize {

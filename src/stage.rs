@@ -25,6 +25,7 @@ use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::arrow::record_batch::RecordBatch;
 
+use crate::diff::KeyRange;
 use crate::error::Side;
 use crate::snapshot::{ColumnError, Facts, convert};
 
@@ -46,6 +47,9 @@ pub struct Staged {
     pub held_bytes: Option<u64>,
     /// Staged in [`BUCKETS`] folders (`dir/bucket=NN`) by the hash of the key column as staged.
     pub bucketed: bool,
+    /// The buckets were dealt by key range rather than hash (src/diff/bucket.rs [`KeyRange`]):
+    /// whether the side outgrew what is held or not, the range the sides agreed on.
+    pub range: Option<KeyRange>,
 }
 
 /// Rows, NULL keys and duplicated keys of a side whose key is one integer column, counted as
@@ -219,7 +223,7 @@ struct Split {
 }
 
 /// Buckets a side is staged in once it outgrows what is held: the diff's passes each take a
-/// share of them (bucket `b` goes to pass `b % passes`, src/diff/bucket.rs), so a large side is
+/// share of them (consecutive buckets to a pass, src/diff/bucket.rs `pass_of_bucket`), so a large side is
 /// not read back and split after it is read.
 pub const BUCKETS: usize = 32;
 
@@ -247,6 +251,8 @@ pub struct Stager {
     hold: Option<Hold>,
     /// The key column the rows are split by, when they outgrow what is held.
     bucket_key: Option<String>,
+    /// Buckets by this key range rather than by hash ([`Stager::by_range`]).
+    range: Option<KeyRange>,
     split: Option<Split>,
 }
 /// Deal a batch's rows among `coalescers` by each row's bucket (`buckets`, in row order); the
@@ -303,6 +309,7 @@ impl Stager {
             key: None,
             hold: None,
             bucket_key: None,
+            range: None,
             split: None,
         })
     }
@@ -324,6 +331,31 @@ impl Stager {
             buckets: Vec::new(),
         });
         self.bucket_key = key;
+    }
+
+    /// The most bytes held ([`Stager::hold`]), if any are.
+    pub fn hold_limit(&self) -> Option<usize> {
+        self.hold.as_ref().map(|h| h.limit)
+    }
+
+    /// Hold nothing: for a side known (from its server's statistics) to be larger than what is
+    /// held, so that memory filled and then written out is not taken at all (it is not needed
+    /// again until the diff, whose passes need less of it with buckets by key range).
+    pub fn skip_hold(&mut self) {
+        if let Some(hold) = self.hold.as_mut().filter(|h| h.batches.is_empty()) {
+            hold.limit = 0;
+        }
+    }
+
+    /// Deal rows to buckets by `range` (the key column's block) rather than by hash: set
+    /// before the first batch, as the connector's own dealing ([`Stager::push_in`]) uses it.
+    pub fn by_range(&mut self, range: Option<KeyRange>) {
+        self.range = range;
+    }
+
+    /// The key range rows are dealt to buckets by, if not by hash ([`Stager::by_range`]).
+    pub fn range(&self) -> Option<KeyRange> {
+        self.range
     }
 
     /// The column the side is split into buckets by if it outgrows what is held
@@ -428,7 +460,8 @@ impl Stager {
         if let Some(split) = self.split.as_mut() {
             split.hashes.clear();
             split.hashes.resize(batch.num_rows(), 0);
-            crate::diff::bucket_hashes(&[batch.column(split.key).clone()], &mut split.hashes)
+            let key = [batch.column(split.key).clone()];
+            crate::diff::bucket_values(&key, self.range, &mut split.hashes)
                 .map_err(|e| io("", e))?;
             let buckets = split.hashes.iter().map(|h| (*h % BUCKETS as u64) as usize);
             done = deal(&batch, buckets, &mut split.coalescers).map_err(arrow)?;
@@ -504,6 +537,7 @@ impl Stager {
                         held: Some(hold.batches),
                         held_bytes: Some(hold.bytes as u64),
                         bucketed: false,
+                        range: self.range,
                     });
                 }
                 // Batches of different types are brought to one type in files, as below.
@@ -561,6 +595,7 @@ impl Stager {
             held: None,
             held_bytes: None,
             bucketed,
+            range: self.range,
         })
     }
 }
@@ -660,7 +695,8 @@ mod tests {
                 for batch in batches(&entry.unwrap().path()).unwrap() {
                     let batch = batch.unwrap();
                     let mut hashes = vec![0u64; batch.num_rows()];
-                    crate::diff::bucket_hashes(&[batch.column(0).clone()], &mut hashes).unwrap();
+                    crate::diff::bucket_values(&[batch.column(0).clone()], None, &mut hashes)
+                        .unwrap();
                     placed &= hashes.iter().all(|h| (*h % BUCKETS as u64) as usize == b);
                     rows += batch.num_rows();
                 }

@@ -222,6 +222,139 @@ async fn sides_staged_in_buckets_and_sides_split_after_meet_in_the_same_passes()
 }
 
 #[tokio::test]
+async fn sides_dealt_by_key_range_meet_in_the_same_passes_and_converge() {
+    // Both sides analyzed: their key's statistics estimate its range, and rows are dealt to
+    // buckets by blocks of it. Rows added since (keys past the estimate and below it, 7 % more)
+    // go round the buckets; a `bigint` source against an `int` destination is split by the same
+    // range.
+    let url = postgres(
+        "range_buckets",
+        &format!(
+            "{}
+             ALTER TABLE s ALTER COLUMN k TYPE bigint;
+             ANALYZE s; ANALYZE d;
+             INSERT INTO s SELECT g, md5(g::text), 1, g FROM generate_series(300001, 310000) g;
+             INSERT INTO s SELECT -g, 'below', 2, g FROM generate_series(1, 5000) g;
+             INSERT INTO d SELECT -g, 'below', 2, g FROM generate_series(1, 4000, 2) g;",
+            drift(200_000)
+        ),
+    )
+    .await;
+    let (insert, update, delete) = expected(&url).await;
+    assert!(insert > 10_000 && update > 0 && delete > 0);
+    let f = Folder::new();
+    f.write("job.toml", &job(&url));
+    let limit = ["--memory-limit", "8MB"];
+    let (code, out, err) = recon(
+        &[
+            "plan", "job.toml", "-f", "json", "--limit", "0", limit[0], limit[1], "-vv",
+        ],
+        f.dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    for side in ["source", "destination"] {
+        let line = format!("buckets by key range side={side}");
+        let agreed = err
+            .lines()
+            .find(|l| l.contains(&line))
+            .unwrap_or_else(|| panic!("no vote from the {side}: {err}"));
+        assert!(agreed.contains("range=Some(KeyRange"), "{agreed}");
+    }
+    assert!(
+        err.contains("buckets staged as read, grouped into passes side=source"),
+        "{err}"
+    );
+    assert!(err.contains("split into passes side=destination"), "{err}");
+    assert!(!err.contains("passes by hash instead"), "{err}");
+    let s = json(&out)["summary"].clone();
+    let counts = |s: &serde_json::Value| {
+        (
+            s["insert"].as_i64(),
+            s["update"].as_i64(),
+            s["delete"].as_i64(),
+        )
+    };
+    assert_eq!(
+        counts(&s),
+        (Some(insert), Some(update), Some(delete)),
+        "{s}"
+    );
+    let (code, out, err) = recon(
+        &[
+            "apply", "job.toml", "-f", "json", "--force", limit[0], limit[1],
+        ],
+        f.dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let applied = json(&out)["applied"].clone();
+    assert_eq!(
+        counts(&applied),
+        (Some(insert), Some(update), Some(delete)),
+        "{applied}"
+    );
+    assert_eq!(
+        pg_difference(&url, "SELECT * FROM s", "SELECT * FROM d").await,
+        0
+    );
+    assert_plan_empty(f.dir.path(), "job.toml");
+}
+
+#[tokio::test]
+async fn a_key_bunched_in_its_range_is_diffed_in_passes_by_hash() {
+    // The statistics saw keys 1..1000 and one far key: its range's first block holds every
+    // row added since, and the staged buckets would give one pass all of them. Both sides are
+    // split again by hash, with exact counts.
+    let url = postgres(
+        "range_skew",
+        "CREATE TABLE s (k bigint, name text, price numeric(10,2), qty int);
+             INSERT INTO s SELECT g, md5(g::text), 1, g FROM generate_series(1, 1000) g;
+             INSERT INTO s VALUES (1000000000000, 'far', 1, 1);
+             CREATE TABLE d (k bigint PRIMARY KEY, name text, price numeric(10,2), qty int);
+             INSERT INTO d SELECT * FROM s;
+             ANALYZE s; ANALYZE d;
+             INSERT INTO s SELECT g, md5(g::text), 1, g FROM generate_series(1001, 200000) g;
+             INSERT INTO d SELECT k, CASE WHEN k % 40 = 0 THEN 'changed' ELSE name END, price, qty
+               FROM s WHERE k BETWEEN 1001 AND 200000 AND k % 50 <> 0;",
+    )
+    .await;
+    let (insert, update, delete) = expected(&url).await;
+    assert!(insert > 0 && update > 0);
+    let f = Folder::new();
+    f.write("job.toml", &job(&url));
+    let (code, out, err) = recon(
+        &[
+            "plan",
+            "job.toml",
+            "-f",
+            "json",
+            "--limit",
+            "0",
+            "--memory-limit",
+            "8MB",
+            "-vv",
+        ],
+        f.dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("range=Some(KeyRange"), "{err}");
+    assert!(err.contains("passes by hash instead"), "{err}");
+    for side in ["source", "destination"] {
+        let line = format!("split into passes side={side}");
+        assert!(err.contains(&line), "{side} not split: {err}");
+    }
+    let s = json(&out)["summary"].clone();
+    assert_eq!(
+        (
+            s["insert"].as_i64(),
+            s["update"].as_i64(),
+            s["delete"].as_i64()
+        ),
+        (Some(insert), Some(update), Some(delete)),
+        "{s}"
+    );
+}
+
+#[tokio::test]
 async fn duplicate_and_null_keys_are_counted_across_passes() {
     // The source split into buckets under an 8 MB budget: each duplicated key is counted once,
     // in the one bucket its copies share, and the NULL keys with them.

@@ -54,7 +54,15 @@ pub async fn register_both(
     if !narrow {
         // A task each, so that each side is read, decoded and staged on its own thread (on one,
         // a side whose turn it is not lets its server wait with a full socket).
-        let side = |endpoint: &Endpoint, read: Option<SourceRead>| {
+        // Two PostgreSQL sides may deal their rows to buckets by key range: they vote on it.
+        let both_postgres = [&job.source, &job.destination]
+            .iter()
+            .all(|e| matches!(e.location, Location::Postgres(_)));
+        let [source_vote, destination_vote] = match both_postgres {
+            true => RangeVote::pair().map(Some),
+            false => [None, None],
+        };
+        let side = |endpoint: &Endpoint, read: Option<SourceRead>, vote: Option<RangeVote>| {
             let (ctx, endpoint, progress) = (ctx.clone(), endpoint.clone(), progress.clone());
             let wanted = wanted(job, endpoint.side);
             let key = single_key(job, endpoint.side);
@@ -69,7 +77,8 @@ pub async fn register_both(
                 let what = format!("reading the {}", endpoint.side);
                 let work = async move {
                     let read = read.as_ref();
-                    register(&ctx, &endpoint, limit, &progress, read, &wanted, key).await
+                    register_voting(&ctx, &endpoint, limit, &progress, read, &wanted, key, vote)
+                        .await
                 };
                 match database {
                     true => crate::engine::on_own_task(what, work).await,
@@ -78,8 +87,8 @@ pub async fn register_both(
             }
         };
         tokio::try_join!(
-            side(&job.source, read.cloned()),
-            side(&job.destination, None)
+            side(&job.source, read.cloned(), source_vote),
+            side(&job.destination, None, destination_vote)
         )?;
         return Ok(());
     }
@@ -184,6 +193,61 @@ pub async fn register(
     wanted: &[String],
     key: Option<String>,
 ) -> Result<()> {
+    register_voting(ctx, endpoint, limit, progress, read, wanted, key, None).await
+}
+
+/// One side's say, with the other side's, in whether both PostgreSQL sides deal their rows to
+/// buckets by the key's range (src/diff/bucket.rs `KeyRange`) rather than its hash: both must
+/// deal the same way, and each knows only its own key's type and statistics. A side that fails
+/// before it votes leaves the other to hash.
+pub struct RangeVote {
+    mine: futures::channel::oneshot::Sender<Estimate>,
+    theirs: futures::channel::oneshot::Receiver<Estimate>,
+}
+
+/// A side's vote: `None` when its key cannot be dealt by range (not one integer column); else
+/// the key's lowest and highest value as its server's statistics estimate them, if they do.
+pub type Estimate = Option<Option<(i64, i64)>>;
+
+impl RangeVote {
+    /// The two sides' votes, each answered by the other.
+    pub fn pair() -> [RangeVote; 2] {
+        let (a_tx, a_rx) = futures::channel::oneshot::channel();
+        let (b_tx, b_rx) = futures::channel::oneshot::channel();
+        [
+            RangeVote {
+                mine: a_tx,
+                theirs: b_rx,
+            },
+            RangeVote {
+                mine: b_tx,
+                theirs: a_rx,
+            },
+        ]
+    }
+
+    /// Cast this side's vote and wait for the other's: the range both deal by, if any (the
+    /// same answer on both sides).
+    pub async fn cast(self, mine: Estimate) -> Option<crate::diff::KeyRange> {
+        let _ = self.mine.send(mine);
+        let theirs = self.theirs.await.ok().flatten();
+        crate::diff::KeyRange::estimated([mine, theirs])
+    }
+}
+
+/// As [`register`], with the side's [`RangeVote`] when both sides are PostgreSQL tables read at
+/// once.
+#[allow(clippy::too_many_arguments)]
+async fn register_voting(
+    ctx: &SessionContext,
+    endpoint: &Endpoint,
+    limit: Option<usize>,
+    progress: &Progress,
+    read: Option<&SourceRead>,
+    wanted: &[String],
+    key: Option<String>,
+    vote: Option<RangeVote>,
+) -> Result<()> {
     let name = endpoint.side.name();
     let snapshot = match &endpoint.location {
         Location::File(path, format) => {
@@ -204,6 +268,7 @@ pub async fn register(
                 bytes: (crate::engine::memory_limit(ctx) / 8) as usize,
                 key,
                 buckets: !api,
+                vote,
             };
             let staged =
                 read_database(endpoint, limit, progress, read, wanted, work.path(), hold).await?;
@@ -215,6 +280,7 @@ pub async fn register(
                         key: staged.key,
                         held_bytes: staged.held_bytes,
                         bucketed: staged.bucketed,
+                        range: staged.range,
                     },
                 );
             }
@@ -259,6 +325,8 @@ struct Hold {
     /// larger side is split by it into buckets (when `buckets`).
     key: Option<String>,
     buckets: bool,
+    /// The side's say in dealing rows to buckets by key range (PostgreSQL sides).
+    vote: Option<RangeVote>,
 }
 
 /// Read a database side once, holding its batches in memory while they fit `hold`, else staging
@@ -285,7 +353,7 @@ async fn read_database(
     let out = &mut stager;
     match &endpoint.location {
         Location::Postgres(url) => {
-            postgres::snapshot(endpoint, url, limit, &counter, read, out).await?
+            postgres::snapshot(endpoint, url, limit, &counter, read, out, hold.vote).await?
         }
         Location::Mysql(url) => mysql::snapshot(endpoint, url, limit, &counter, read, out).await?,
         Location::Sqlite(path) => {

@@ -220,6 +220,8 @@ struct Deal {
     rows: Vec<usize>,
     /// Rows a bucket's batch gathers.
     target: usize,
+    /// Deal an integer key by its block of this range rather than its hash.
+    range: Option<crate::diff::KeyRange>,
 }
 
 pub struct Decoder {
@@ -256,20 +258,22 @@ impl Decoder {
     }
 
     /// Deal the rows from now on to `buckets` buckets by column `key`'s hash
-    /// (src/diff/bucket.rs `hash_value`, modulo `buckets`), in batches of `target` rows; `false`
-    /// (and rows not dealt) when the column's kind is not one dealt here.
-    pub fn deal_by(&mut self, key: usize, buckets: usize, target: usize) -> bool {
-        let dealt = matches!(
+    /// (src/diff/bucket.rs `hash_value`, modulo `buckets`), or by its block of `range` (an
+    /// integer key, src/diff/bucket.rs `KeyRange`), in batches of `target` rows; `false` (and
+    /// rows not dealt) when the column's kind is not one dealt here.
+    pub fn deal_by(
+        &mut self,
+        key: usize,
+        buckets: usize,
+        target: usize,
+        range: Option<crate::diff::KeyRange>,
+    ) -> bool {
+        let integer = matches!(
             self.kinds.get(key),
-            Some(
-                PgKind::Int2
-                    | PgKind::Int4
-                    | PgKind::Int8
-                    | PgKind::Oid
-                    | PgKind::Text
-                    | PgKind::Bpchar
-            )
+            Some(PgKind::Int2 | PgKind::Int4 | PgKind::Int8 | PgKind::Oid)
         );
+        let text = matches!(self.kinds.get(key), Some(PgKind::Text | PgKind::Bpchar));
+        let dealt = integer || (text && range.is_none());
         if dealt && buckets > 0 {
             let columns = || self.kinds.iter().map(|k| k.column_for(target)).collect();
             self.deal = Some(Deal {
@@ -277,6 +281,7 @@ impl Decoder {
                 buckets: (0..buckets).map(|_| columns()).collect(),
                 rows: vec![0; buckets],
                 target,
+                range,
             });
         }
         dealt
@@ -441,12 +446,11 @@ impl Decoder {
                 let (at, len) = self.fields[deal.key];
                 let hash = match len {
                     ..0 => 0,
-                    _ => key_hash(self.kinds[deal.key], &b[at..at + len as usize]).map_err(
-                        |message| DecodeError {
+                    _ => key_hash(self.kinds[deal.key], &b[at..at + len as usize], deal.range)
+                        .map_err(|message| DecodeError {
                             column: self.names[deal.key].clone(),
                             message,
-                        },
-                    )?,
+                        })?,
                 };
                 // `hash % n`, without a division when `n` is a power of two (32: src/stage.rs).
                 let n = deal.buckets.len() as u64;
@@ -472,15 +476,29 @@ impl Decoder {
     }
 }
 
-/// A key value's bucket hash, as src/diff/bucket.rs hashes the Arrow array it decodes to.
+/// A key value's bucket value, as src/diff/bucket.rs `values` takes it from the Arrow array it
+/// decodes to: its hash, or an integer's block of `range`.
 #[inline(always)]
-fn key_hash(kind: PgKind, v: &[u8]) -> Result<u64, String> {
+fn key_hash(kind: PgKind, v: &[u8], range: Option<crate::diff::KeyRange>) -> Result<u64, String> {
     use crate::diff::bucket_hash_value as hash;
+    let block = |k: i64| range.map(|r| r.value(k));
     Ok(match kind {
-        PgKind::Int2 => hash(&i16::from_be_bytes(be(v)?)),
-        PgKind::Int4 => hash(&i32::from_be_bytes(be(v)?)),
-        PgKind::Int8 => hash(&i64::from_be_bytes(be(v)?)),
-        PgKind::Oid => hash(&i64::from(u32::from_be_bytes(be(v)?))),
+        PgKind::Int2 => {
+            let k = i16::from_be_bytes(be(v)?);
+            block(k.into()).unwrap_or_else(|| hash(&k))
+        }
+        PgKind::Int4 => {
+            let k = i32::from_be_bytes(be(v)?);
+            block(k.into()).unwrap_or_else(|| hash(&k))
+        }
+        PgKind::Int8 => {
+            let k = i64::from_be_bytes(be(v)?);
+            block(k).unwrap_or_else(|| hash(&k))
+        }
+        PgKind::Oid => {
+            let k = i64::from(u32::from_be_bytes(be(v)?));
+            block(k).unwrap_or_else(|| hash(&k))
+        }
         PgKind::Text => hash(utf8(v)?),
         PgKind::Bpchar => hash(utf8(v)?.trim_end_matches(' ')),
         _ => 0,
@@ -825,15 +843,24 @@ mod tests {
         for size in [1, 2, 3, 5, 7, 13] {
             assert_eq!(decode_in(size), whole, "chunks of {size}");
         }
-        // Rows dealt to buckets as they are decoded, by the integer key or by the text (NULL
-        // included): each batch's rows are in the bucket src/diff/bucket.rs hashes its key to,
-        // and every row is dealt once, whatever the chunks.
-        for (key, buckets) in [(0, 2), (0, 3), (1, 3), (1, 32)] {
+        // Rows dealt to buckets as they are decoded, by the integer key (its hash, or its block
+        // of a key range) or by the text (NULL included): each batch's rows are in the bucket
+        // src/diff/bucket.rs puts its key in, and every row is dealt once, whatever the chunks.
+        let range = Some(crate::diff::KeyRange::covering(-2, 1));
+        let cases = [
+            (0, 2, None),
+            (0, 3, None),
+            (1, 3, None),
+            (1, 32, None),
+            (0, 32, range),
+            (0, 3, range),
+        ];
+        for (key, buckets, range) in cases {
             for size in [1, 7, stream.len()] {
                 let kinds = vec![PgKind::Int8, PgKind::Text, PgKind::Numeric];
                 let names = ["k", "t", "n"].map(String::from).to_vec();
                 let mut decoder = Decoder::new(names, kinds);
-                assert!(decoder.deal_by(key, buckets, 1));
+                assert!(decoder.deal_by(key, buckets, 1, range));
                 let mut dealt = Vec::new();
                 for chunk in stream.chunks(size) {
                     dealt.extend(decoder.push(chunk).unwrap());
@@ -842,7 +869,8 @@ mod tests {
                 let mut keys = Vec::new();
                 for (bucket, batch) in dealt {
                     let mut hashes = vec![0; batch.num_rows()];
-                    crate::diff::bucket_hashes(&[batch.column(key).clone()], &mut hashes).unwrap();
+                    let column = [batch.column(key).clone()];
+                    crate::diff::bucket_values(&column, range, &mut hashes).unwrap();
                     for (row, h) in hashes.iter().enumerate() {
                         assert_eq!(bucket, Some((*h % buckets as u64) as usize));
                         keys.push(crate::diff::json_value(batch.column(0), row));
@@ -858,8 +886,13 @@ mod tests {
         }
         let mut decoder = Decoder::new(vec!["n".into()], vec![PgKind::Numeric]);
         assert!(
-            !decoder.deal_by(0, 32, 1),
+            !decoder.deal_by(0, 32, 1, None),
             "a numeric key is dealt after decoding"
+        );
+        let mut decoder = Decoder::new(vec!["t".into()], vec![PgKind::Text]);
+        assert!(
+            !decoder.deal_by(0, 32, 1, range),
+            "a text key is not dealt by a key range"
         );
         // A stream that stops before its trailer is an error, not a short snapshot.
         let kinds = vec![PgKind::Int8, PgKind::Text, PgKind::Numeric];

@@ -79,6 +79,7 @@ pub async fn snapshot(
     counter: &RowCounter,
     read: Option<&SourceRead>,
     out: &mut Stager,
+    vote: Option<super::RangeVote>,
 ) -> Result<()> {
     let side = endpoint.side;
     let mut conn = connect(endpoint, url).await?;
@@ -167,16 +168,47 @@ pub async fn snapshot(
         "COPY (SELECT {} FROM ({select}) AS q{filter}{limit}) TO STDOUT (FORMAT binary)",
         projection.join(", ")
     );
+    let key = out
+        .bucket_key()
+        .and_then(|k| names.iter().position(|n| n == k));
+    // A table's statistics: its size, and its key's range.
+    let integer = key.filter(|k| {
+        matches!(
+            kinds[*k],
+            PgKind::Int2 | PgKind::Int4 | PgKind::Int8 | PgKind::Oid
+        )
+    });
+    let facts = match (&endpoint.relation, key) {
+        (crate::config::Relation::Table(table), Some(k)) => {
+            table_estimate(&mut conn, table, &names[k]).await
+        }
+        _ => TableEstimate::default(),
+    };
+    // A whole table read that its statistics say is more than twice what may be held is
+    // staged from its first row.
+    let whole = limit.is_empty() && filter.is_empty();
+    if whole
+        && let (Some(bytes), Some(held)) = (facts.bytes, out.hold_limit())
+        && bytes > 2 * held as u64
+    {
+        out.skip_hold();
+    }
+    // An integer key may be dealt by its range, when the other side's can too (a vote, src/
+    // connect/mod.rs `RangeVote`): the estimate is the key's statistics, for a table.
+    if let Some(vote) = vote {
+        let estimate = integer.map(|_| facts.key_range);
+        let range = vote.cast(estimate).await;
+        tracing::debug!(side = %side, ?estimate, ?range, "buckets by key range");
+        out.by_range(range);
+    }
     let mut decoder = Decoder::new(names.clone(), kinds);
     // Rows are dealt to the buckets the side is split into when it outgrows what is held
-    // (src/stage.rs) as they are decoded, by the same hash, so that a staged side is not copied
-    // again into its buckets (10M rows: 0.4–0.6 CPU-s less; a side that stays held pays
-    // ~0.03 CPU-s a million rows for the hashing and the scattered appends).
-    if let Some(key) = out
-        .bucket_key()
-        .and_then(|k| names.iter().position(|n| n == k))
-    {
-        decoder.deal_by(key, crate::stage::BUCKETS, crate::stage::BUCKET_ROWS);
+    // (src/stage.rs) as they are decoded, by the same hash (or key range), so that a staged side
+    // is not copied again into its buckets (10M rows: 0.4–0.6 CPU-s less; a side that stays
+    // held pays ~0.03 CPU-s a million rows for the hashing and the scattered appends).
+    if let Some(key) = key {
+        let (buckets, rows) = (crate::stage::BUCKETS, crate::stage::BUCKET_ROWS);
+        decoder.deal_by(key, buckets, rows, out.range());
     }
     // A decode error is kept, and the rest of the stream read (sqlx: so that the connection
     // leaves COPY mode cleanly) or left (own connection: it is closed).
@@ -232,6 +264,50 @@ pub async fn snapshot(
             .map_err(|e| read_error(side, "decoding the COPY stream", e))?;
     }
     Ok(())
+}
+
+/// What a table's statistics (from its last VACUUM or ANALYZE) say about it.
+#[derive(Debug, Default)]
+struct TableEstimate {
+    /// Its heap's size in bytes (`relpages`), when it has been measured.
+    bytes: Option<u64>,
+    /// The lowest and highest value of the key column (`pg_stats`' histogram), if it has one.
+    key_range: Option<(i64, i64)>,
+}
+
+/// A table's [`TableEstimate`], with `column` its key; nothing on any error: an estimate only
+/// chooses how rows are held and dealt to buckets, never which rows are read.
+async fn table_estimate(conn: &mut PgConnection, table: &str, column: &str) -> TableEstimate {
+    let table = crate::sql::quote_table(crate::sql::Dialect::Standard, table);
+    let row: Option<(i64, Option<String>)> = sqlx::query_as(
+        "SELECT c.relpages::int8 * current_setting('block_size')::int8, \
+           (SELECT s.histogram_bounds::text FROM pg_catalog.pg_stats s \
+             WHERE s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = $2 \
+               AND s.histogram_bounds IS NOT NULL LIMIT 1) \
+         FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.oid = to_regclass($1)",
+    )
+    .bind(&table)
+    .bind(column)
+    .fetch_optional(&mut *conn)
+    .await
+    .ok()
+    .flatten();
+    let Some((bytes, bounds)) = row else {
+        return TableEstimate::default();
+    };
+    TableEstimate {
+        bytes: u64::try_from(bytes).ok().filter(|b| *b > 0),
+        key_range: bounds.as_deref().and_then(histogram_ends),
+    }
+}
+
+/// The first and last value of an integer histogram as PostgreSQL prints it (`{1,250,…,9998}`).
+fn histogram_ends(text: &str) -> Option<(i64, i64)> {
+    let inner = text.strip_prefix('{')?.strip_suffix('}')?;
+    let first = inner.split(',').next()?.trim().parse().ok()?;
+    let last = inner.rsplit(',').next()?.trim().parse().ok()?;
+    Some((first, last))
 }
 
 /// A connection of src/connect/pgwire.rs for the snapshot's COPY, when the server is one it
@@ -296,6 +372,14 @@ async fn copy_through_sqlx(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_integer_histograms_ends_are_its_estimated_range() {
+        assert_eq!(super::histogram_ends("{-5,17,250,9998}"), Some((-5, 9998)));
+        assert_eq!(super::histogram_ends("{42}"), Some((42, 42)));
+        assert_eq!(super::histogram_ends("{a,b}"), None);
+        assert_eq!(super::histogram_ends(""), None);
+    }
+
     use super::*;
     use sqlx::postgres::PgSslMode;
 

@@ -15,9 +15,9 @@ use datafusion::prelude::{DataFrame, Expr, SessionContext, cast, ident, lit};
 use datafusion::scalar::ScalarValue;
 use futures::StreamExt;
 
-pub use bucket::hash as bucket_hashes;
 pub use bucket::hash_value as bucket_hash_value;
 pub use bucket::passes;
+pub use bucket::{KeyRange, values as bucket_values};
 pub use resolve::{Mapped, Resolved, resolve};
 pub use rows::{changes_of, json_value};
 
@@ -181,6 +181,16 @@ pub async fn changeset_with(
                 side_values(side, m).1 == ident(name)
             })
     });
+    // Both sides dealt by one key range (src/diff/bucket.rs `KeyRange`), or both by hash: a side
+    // dealt by a range the other was not is split again.
+    let ranges = Side::BOTH.map(|side| crate::engine::staged(ctx, side).range);
+    let mut range = match ranges {
+        [Some(a), Some(b)] if a == b => Some(a),
+        _ => None,
+    };
+    for (staged, side_range) in staged_buckets.iter_mut().zip(ranges) {
+        *staged &= side_range == range;
+    }
     let buckets = crate::stage::BUCKETS as u64;
     if passes > 1 && passes <= buckets && staged_buckets.contains(&true) {
         if passes > buckets / 2 {
@@ -189,8 +199,23 @@ pub async fn changeset_with(
     } else {
         staged_buckets = [false; 2];
     }
+    // A key bunched in a few blocks of its range (or an estimate far off) leaves some passes
+    // much more than their share: then both sides are split again, by hash.
+    if passes > 1 && range.is_some() && staged_buckets.contains(&true) {
+        let work = crate::engine::work_dir(ctx)?;
+        let skewed = Side::BOTH
+            .into_iter()
+            .zip(staged_buckets)
+            .filter(|(_, staged)| *staged)
+            .any(|(side, _)| bucket::skewed(&work.path().join(side.name()), passes));
+        if skewed {
+            tracing::info!("the key's values are bunched in its range: passes by hash instead");
+            range = None;
+            staged_buckets = [false; 2];
+        }
+    }
     if passes > 1 {
-        ctx.register_udf(bucket::Bucket::udf());
+        ctx.register_udf(bucket::Bucket::udf(range));
         tracing::info!(
             passes,
             "the snapshots exceed the memory budget: diffing in passes"
@@ -243,7 +268,8 @@ pub async fn changeset_with(
     let mut removals = Vec::new();
     let buckets = match passes > 1 {
         true => {
-            let (buckets, removal) = split_sides(ctx, &resolved, passes, staged_buckets).await?;
+            let (buckets, removal) =
+                split_sides(ctx, &resolved, passes, staged_buckets, range).await?;
             crate::engine::read_buckets_whole(ctx);
             removals.push(removal);
             Some(buckets)
@@ -424,6 +450,7 @@ async fn split_sides(
     resolved: &Resolved,
     passes: u64,
     staged_buckets: [bool; 2],
+    range: Option<KeyRange>,
 ) -> Result<([Vec<std::path::PathBuf>; 2], tokio::task::JoinHandle<()>)> {
     let work = crate::engine::work_dir(ctx)?;
     let split = |side: Side, staged: bool| {
@@ -447,7 +474,7 @@ async fn split_sides(
             );
             match staged {
                 true => bucket::group(&ctx, side.name(), &from, passes, &dir).await,
-                false => bucket::split(&ctx, side.name(), keys, passes, &dir).await,
+                false => bucket::split(&ctx, side.name(), keys, range, passes, &dir).await,
             }
         })
     };
