@@ -178,15 +178,15 @@ pub async fn snapshot(
             PgKind::Int2 | PgKind::Int4 | PgKind::Int8 | PgKind::Oid
         )
     });
+    // A whole table read that its statistics say is more than twice what may be held is
+    // staged from its first row.
+    let whole = limit.is_empty() && filter.is_empty();
     let facts = match (&endpoint.relation, key) {
-        (crate::config::Relation::Table(table), Some(k)) => {
+        (crate::config::Relation::Table(table), Some(k)) if whole || vote.is_some() => {
             table_estimate(&mut conn, table, &names[k]).await
         }
         _ => TableEstimate::default(),
     };
-    // A whole table read that its statistics say is more than twice what may be held is
-    // staged from its first row.
-    let whole = limit.is_empty() && filter.is_empty();
     if whole
         && let (Some(bytes), Some(held)) = (facts.bytes, out.hold_limit())
         && bytes > 2 * held as u64
@@ -372,16 +372,16 @@ async fn copy_through_sqlx(
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn an_integer_histograms_ends_are_its_estimated_range() {
-        assert_eq!(super::histogram_ends("{-5,17,250,9998}"), Some((-5, 9998)));
-        assert_eq!(super::histogram_ends("{42}"), Some((42, 42)));
-        assert_eq!(super::histogram_ends("{a,b}"), None);
-        assert_eq!(super::histogram_ends(""), None);
-    }
-
     use super::*;
     use sqlx::postgres::PgSslMode;
+
+    #[test]
+    fn an_integer_histograms_ends_are_its_estimated_range() {
+        assert_eq!(histogram_ends("{-5,17,250,9998}"), Some((-5, 9998)));
+        assert_eq!(histogram_ends("{42}"), Some((42, 42)));
+        assert_eq!(histogram_ends("{a,b}"), None);
+        assert_eq!(histogram_ends(""), None);
+    }
 
     fn mode(url: &str) -> PgSslMode {
         pg_options(url).unwrap().get_ssl_mode()

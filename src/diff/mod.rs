@@ -214,6 +214,11 @@ pub async fn changeset_with(
             staged_buckets = [false; 2];
         }
     }
+    // Only buckets checked above split a side by range: two sides both split after they are
+    // read (none staged in buckets to check) are split by hash.
+    if !staged_buckets.contains(&true) {
+        range = None;
+    }
     if passes > 1 {
         ctx.register_udf(bucket::Bucket::udf(range));
         tracing::info!(
