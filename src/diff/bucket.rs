@@ -73,9 +73,16 @@ impl KeyRange {
 
     /// A key's bucket value: its block from `lo` (bucket `value % BUCKETS`), counted round
     /// the buckets past the estimate (and below it).
+    /// (`(k - lo).div_euclid(width)` as a two's complement `u64`, without 128-bit division: a
+    /// call per row of the decoder took 1.3 % of a 1M-row plan's CPU.)
     #[inline(always)]
     pub fn value(&self, k: i64) -> u64 {
-        ((k as i128 - self.lo as i128).div_euclid(self.width as i128)) as i64 as u64
+        match k >= self.lo {
+            // `k - lo` fits a u64 whatever the two values.
+            true => k.wrapping_sub(self.lo) as u64 / self.width,
+            // Block -1 holds lo - width ..= lo - 1: !b is -(b + 1).
+            false => !((self.lo.wrapping_sub(k) as u64 - 1) / self.width),
+        }
     }
 }
 
@@ -363,7 +370,17 @@ mod tests {
         // A range needs an integer key.
         let text: ArrayRef = Arc::new(datafusion::arrow::array::StringArray::from(vec!["a"]));
         assert!(super::values(&[text], Some(range), &mut values[..1]).is_err());
+        // As Euclidean division, below the estimate too.
+        for k in -1000..1000 {
+            let r = KeyRange { lo: 17, width: 7 };
+            assert_eq!(r.value(k), (k - 17).div_euclid(7) as u64, "{k}");
+        }
         // Extremes do not overflow.
+        let below = KeyRange::covering(0, 63);
+        assert_eq!(
+            below.value(i64::MIN),
+            (i64::MIN as i128).div_euclid(2) as i64 as u64
+        );
         let wide = KeyRange::covering(i64::MIN, i64::MAX);
         assert_eq!(wide.value(i64::MIN) % 32, 0);
         assert_eq!(wide.value(i64::MAX) % 32, 31);
