@@ -48,6 +48,7 @@ pub async fn check(job: &Job, progress: &Progress) -> CheckReport {
             progress,
             None,
             &wanted[0],
+            None,
             None
         ),
         connect::register(
@@ -57,6 +58,7 @@ pub async fn check(job: &Job, progress: &Progress) -> CheckReport {
             progress,
             None,
             &wanted[1],
+            None,
             None
         ),
     );

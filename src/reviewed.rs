@@ -112,7 +112,17 @@ pub async fn apply_plan(
     // against both).
     let ctx = crate::engine::session(job)?;
     let wanted = crate::error::Side::BOTH.map(|side| crate::connect::wanted(job, side));
-    crate::connect::register(&ctx, &job.source, Some(0), progress, None, &wanted[0], None).await?;
+    crate::connect::register(
+        &ctx,
+        &job.source,
+        Some(0),
+        progress,
+        None,
+        &wanted[0],
+        None,
+        None,
+    )
+    .await?;
     crate::connect::register(
         &ctx,
         &job.destination,
@@ -120,6 +130,7 @@ pub async fn apply_plan(
         progress,
         None,
         &wanted[1],
+        None,
         None,
     )
     .await?;

@@ -45,6 +45,42 @@ fn job(url: &str) -> String {
     )
 }
 
+/// `recon plan` of `job.toml` in `dir` under an 8 MB budget, logging at `-vv`: its log, and the
+/// inserts, updates and deletes it counts.
+fn plan_in_passes(dir: &std::path::Path) -> (String, (i64, i64, i64)) {
+    let (code, out, err) = recon(
+        &[
+            "plan",
+            "job.toml",
+            "-f",
+            "json",
+            "--limit",
+            "0",
+            "--memory-limit",
+            "8MB",
+            "-vv",
+        ],
+        dir,
+    );
+    assert_eq!(code, 0, "{err}");
+    let s = json(&out)["summary"].clone();
+    let count = |a: &str| s[a].as_i64().unwrap_or_else(|| panic!("no {a} count: {s}"));
+    (err, (count("insert"), count("update"), count("delete")))
+}
+
+/// The sides `grouped` were staged in buckets as read and grouped into passes, and the sides
+/// `split` split into passes after they were read, as `err` (a `-vv` log) says.
+fn assert_passes(err: &str, grouped: &[&str], split: &[&str]) {
+    for side in grouped {
+        let line = format!("buckets staged as read, grouped into passes side={side}");
+        assert!(err.contains(&line), "{side} not grouped: {err}");
+    }
+    for side in split {
+        let line = format!("split into passes side={side}");
+        assert!(err.contains(&line), "{side} not split: {err}");
+    }
+}
+
 #[tokio::test]
 async fn plan_and_apply_under_a_small_memory_limit_give_exact_counts() {
     // About 12 MB a side staged (24 MB in all), against an 8 MB budget: the key checks and the
@@ -142,21 +178,25 @@ async fn plan_and_apply_under_a_small_memory_limit_give_exact_counts() {
         "SELECT count(*) FROM s WHERE (k = 40 AND name = '{to}') OR (k = 50 AND name = '{name}' AND price = {price})"
     );
     assert_eq!(pg_count(&url, &query).await, 2, "{updated} {inserted}");
-    let applied = doc["applied"].clone();
+    converged(&url, f.dir.path(), &doc, (insert, update, delete)).await;
+}
+
+/// An apply's report (`doc`) counts `expected` (inserts, updates, deletes) applied, the
+/// destination `d` now equals the source `s`, and the next plan is empty.
+async fn converged(
+    url: &str,
+    dir: &std::path::Path,
+    doc: &serde_json::Value,
+    expected: (i64, i64, i64),
+) {
+    let applied = &doc["applied"];
+    let counts = ["insert", "update", "delete"].map(|a| applied[a].as_i64().unwrap_or(-1));
+    assert_eq!(counts, [expected.0, expected.1, expected.2], "{applied}");
     assert_eq!(
-        (
-            applied["insert"].as_i64(),
-            applied["update"].as_i64(),
-            applied["delete"].as_i64()
-        ),
-        (Some(insert), Some(update), Some(delete)),
-        "{applied}"
-    );
-    assert_eq!(
-        pg_difference(&url, "SELECT * FROM s", "SELECT * FROM d").await,
+        pg_difference(url, "SELECT * FROM s", "SELECT * FROM d").await,
         0
     );
-    assert_plan_empty(f.dir.path(), "job.toml");
+    assert_plan_empty(dir, "job.toml");
 }
 
 #[tokio::test]
@@ -179,35 +219,9 @@ async fn sides_staged_in_buckets_and_sides_split_after_meet_in_the_same_passes()
     let f = Folder::new();
     let counts = |key: &str, grouped: &[&str], split: &[&str]| {
         f.write("job.toml", &job(&url).replace("k = \"k\"", key));
-        let (code, out, err) = recon(
-            &[
-                "plan",
-                "job.toml",
-                "-f",
-                "json",
-                "--limit",
-                "0",
-                "--memory-limit",
-                "8MB",
-                "-vv",
-            ],
-            f.dir.path(),
-        );
-        assert_eq!(code, 0, "{err}");
-        for side in grouped {
-            let line = format!("buckets staged as read, grouped into passes side={side}");
-            assert!(err.contains(&line), "{side} not grouped: {err}");
-        }
-        for side in split {
-            let line = format!("split into passes side={side}");
-            assert!(err.contains(&line), "{side} not split: {err}");
-        }
-        let s = json(&out)["summary"].clone();
-        (
-            s["insert"].as_i64().unwrap(),
-            s["update"].as_i64().unwrap(),
-            s["delete"].as_i64().unwrap(),
-        )
+        let (err, counts) = plan_in_passes(f.dir.path());
+        assert_passes(&err, grouped, split);
+        counts
     };
     // bigint against int: the source's buckets, the destination split.
     assert_eq!(
@@ -244,14 +258,7 @@ async fn sides_dealt_by_key_range_meet_in_the_same_passes_and_converge() {
     assert!(insert > 10_000 && update > 0 && delete > 0);
     let f = Folder::new();
     f.write("job.toml", &job(&url));
-    let limit = ["--memory-limit", "8MB"];
-    let (code, out, err) = recon(
-        &[
-            "plan", "job.toml", "-f", "json", "--limit", "0", limit[0], limit[1], "-vv",
-        ],
-        f.dir.path(),
-    );
-    assert_eq!(code, 0, "{err}");
+    let (err, counts) = plan_in_passes(f.dir.path());
     for side in ["source", "destination"] {
         let line = format!("buckets by key range side={side}");
         let agreed = err
@@ -260,43 +267,23 @@ async fn sides_dealt_by_key_range_meet_in_the_same_passes_and_converge() {
             .unwrap_or_else(|| panic!("no vote from the {side}: {err}"));
         assert!(agreed.contains("range=Some(KeyRange"), "{agreed}");
     }
-    assert!(
-        err.contains("buckets staged as read, grouped into passes side=source"),
-        "{err}"
-    );
-    assert!(err.contains("split into passes side=destination"), "{err}");
+    assert_passes(&err, &["source"], &["destination"]);
     assert!(!err.contains("passes by hash instead"), "{err}");
-    let s = json(&out)["summary"].clone();
-    let counts = |s: &serde_json::Value| {
-        (
-            s["insert"].as_i64(),
-            s["update"].as_i64(),
-            s["delete"].as_i64(),
-        )
-    };
-    assert_eq!(
-        counts(&s),
-        (Some(insert), Some(update), Some(delete)),
-        "{s}"
-    );
+    assert_eq!(counts, (insert, update, delete));
     let (code, out, err) = recon(
         &[
-            "apply", "job.toml", "-f", "json", "--force", limit[0], limit[1],
+            "apply",
+            "job.toml",
+            "-f",
+            "json",
+            "--force",
+            "--memory-limit",
+            "8MB",
         ],
         f.dir.path(),
     );
     assert_eq!(code, 0, "{err}");
-    let applied = json(&out)["applied"].clone();
-    assert_eq!(
-        counts(&applied),
-        (Some(insert), Some(update), Some(delete)),
-        "{applied}"
-    );
-    assert_eq!(
-        pg_difference(&url, "SELECT * FROM s", "SELECT * FROM d").await,
-        0
-    );
-    assert_plan_empty(f.dir.path(), "job.toml");
+    converged(&url, f.dir.path(), &json(&out), (insert, update, delete)).await;
 }
 
 #[tokio::test]
@@ -321,37 +308,11 @@ async fn a_key_bunched_in_its_range_is_diffed_in_passes_by_hash() {
     assert!(insert > 0 && update > 0);
     let f = Folder::new();
     f.write("job.toml", &job(&url));
-    let (code, out, err) = recon(
-        &[
-            "plan",
-            "job.toml",
-            "-f",
-            "json",
-            "--limit",
-            "0",
-            "--memory-limit",
-            "8MB",
-            "-vv",
-        ],
-        f.dir.path(),
-    );
-    assert_eq!(code, 0, "{err}");
+    let (err, counts) = plan_in_passes(f.dir.path());
     assert!(err.contains("range=Some(KeyRange"), "{err}");
     assert!(err.contains("passes by hash instead"), "{err}");
-    for side in ["source", "destination"] {
-        let line = format!("split into passes side={side}");
-        assert!(err.contains(&line), "{side} not split: {err}");
-    }
-    let s = json(&out)["summary"].clone();
-    assert_eq!(
-        (
-            s["insert"].as_i64(),
-            s["update"].as_i64(),
-            s["delete"].as_i64()
-        ),
-        (Some(insert), Some(update), Some(delete)),
-        "{s}"
-    );
+    assert_passes(&err, &[], &["source", "destination"]);
+    assert_eq!(counts, (insert, update, delete));
 }
 
 #[tokio::test]

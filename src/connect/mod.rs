@@ -77,8 +77,7 @@ pub async fn register_both(
                 let what = format!("reading the {}", endpoint.side);
                 let work = async move {
                     let read = read.as_ref();
-                    register_voting(&ctx, &endpoint, limit, &progress, read, &wanted, key, vote)
-                        .await
+                    register(&ctx, &endpoint, limit, &progress, read, &wanted, key, vote).await
                 };
                 match database {
                     true => crate::engine::on_own_task(what, work).await,
@@ -101,6 +100,7 @@ pub async fn register_both(
         read,
         &wanted(job, Side::Source),
         single_key(job, Side::Source),
+        None,
     )
     .await?;
     let keys = window_keys(ctx, job).await?;
@@ -116,6 +116,7 @@ pub async fn register_both(
         Some(&read),
         &wanted(job, Side::Destination),
         single_key(job, Side::Destination),
+        None,
     )
     .await
 }
@@ -182,20 +183,6 @@ fn single_key(job: &Job, side: Side) -> Option<String> {
     }
 }
 
-/// Register one side's snapshot in `ctx` under the side's name; with `key` (see
-/// [`single_key`]), its NULLs and duplicates are counted while a database side is staged.
-pub async fn register(
-    ctx: &SessionContext,
-    endpoint: &Endpoint,
-    limit: Option<usize>,
-    progress: &Progress,
-    read: Option<&SourceRead>,
-    wanted: &[String],
-    key: Option<String>,
-) -> Result<()> {
-    register_voting(ctx, endpoint, limit, progress, read, wanted, key, None).await
-}
-
 /// One side's say, with the other side's, in whether both PostgreSQL sides deal their rows to
 /// buckets by the key's range (src/diff/bucket.rs `KeyRange`) rather than its hash: both must
 /// deal the same way, and each knows only its own key's type and statistics. A side that fails
@@ -235,10 +222,11 @@ impl RangeVote {
     }
 }
 
-/// As [`register`], with the side's [`RangeVote`] when both sides are PostgreSQL tables read at
-/// once.
+/// Register one side's snapshot in `ctx` under the side's name; with `key` (see
+/// [`single_key`]), its NULLs and duplicates are counted while a database side is staged; with
+/// `vote`, the side's [`RangeVote`] (both sides PostgreSQL tables read at once).
 #[allow(clippy::too_many_arguments)]
-async fn register_voting(
+pub async fn register(
     ctx: &SessionContext,
     endpoint: &Endpoint,
     limit: Option<usize>,
