@@ -185,40 +185,69 @@ fn single_key(job: &Job, side: Side) -> Option<String> {
 
 /// One side's say, with the other side's, in whether both PostgreSQL sides deal their rows to
 /// buckets by the key's range (src/diff/bucket.rs `KeyRange`) rather than its hash: both must
-/// deal the same way, and each knows only its own key's type and statistics. A side that fails
-/// before it votes leaves the other to hash.
+/// deal the same way, and each knows only its own key's type and statistics. The first side to
+/// vote waits for the other at most [`VOTE_WAIT`]; past that (a server slow to answer, a side
+/// that failed before voting) it decides for both — by hash — and the late side finds the
+/// decision made, so that neither side's read waits long on the other's connection.
 pub struct RangeVote {
-    mine: futures::channel::oneshot::Sender<Estimate>,
-    theirs: futures::channel::oneshot::Receiver<Estimate>,
+    shared: Arc<std::sync::Mutex<Ballot>>,
+    side: usize,
 }
+
+/// The most the first side to vote waits for the other.
+pub const VOTE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A side's vote: `None` when its key cannot be dealt by range (not one integer column); else
 /// the key's lowest and highest value as its server's statistics estimate them, if they do.
 pub type Estimate = Option<Option<(i64, i64)>>;
 
+#[derive(Default)]
+struct Ballot {
+    votes: [Option<Estimate>; 2],
+    /// The decision, once made: the same for both sides.
+    decided: Option<Option<crate::diff::KeyRange>>,
+    /// Wakes the side waiting for the other's vote.
+    wake: Option<futures::channel::oneshot::Sender<()>>,
+}
+
 impl RangeVote {
-    /// The two sides' votes, each answered by the other.
+    /// The two sides' votes.
     pub fn pair() -> [RangeVote; 2] {
-        let (a_tx, a_rx) = futures::channel::oneshot::channel();
-        let (b_tx, b_rx) = futures::channel::oneshot::channel();
-        [
-            RangeVote {
-                mine: a_tx,
-                theirs: b_rx,
-            },
-            RangeVote {
-                mine: b_tx,
-                theirs: a_rx,
-            },
-        ]
+        let shared = Arc::new(std::sync::Mutex::new(Ballot::default()));
+        [0, 1].map(|side| RangeVote {
+            shared: shared.clone(),
+            side,
+        })
     }
 
     /// Cast this side's vote and wait for the other's: the range both deal by, if any (the
     /// same answer on both sides).
     pub async fn cast(self, mine: Estimate) -> Option<crate::diff::KeyRange> {
-        let _ = self.mine.send(mine);
-        let theirs = self.theirs.await.ok().flatten();
-        crate::diff::KeyRange::estimated([mine, theirs])
+        let waiting = {
+            let Ok(mut ballot) = self.shared.lock() else {
+                return None;
+            };
+            if let Some(decided) = ballot.decided {
+                return decided;
+            }
+            ballot.votes[self.side] = Some(mine);
+            if let Some(theirs) = ballot.votes[1 - self.side] {
+                let decided = crate::diff::KeyRange::estimated([mine, theirs]);
+                ballot.decided = Some(decided);
+                if let Some(wake) = ballot.wake.take() {
+                    let _ = wake.send(());
+                }
+                return decided;
+            }
+            let (wake, waiting) = futures::channel::oneshot::channel();
+            ballot.wake = Some(wake);
+            waiting
+        };
+        let _ = tokio::time::timeout(VOTE_WAIT, waiting).await;
+        let Ok(mut ballot) = self.shared.lock() else {
+            return None;
+        };
+        *ballot.decided.get_or_insert(None)
     }
 }
 
@@ -494,5 +523,30 @@ where
         if end {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod vote_tests {
+    use super::*;
+    use crate::diff::KeyRange;
+
+    #[tokio::test]
+    async fn both_sides_reach_one_decision_even_when_one_is_late() {
+        // Both vote: the range covering both estimates, on both sides.
+        let [a, b] = RangeVote::pair();
+        let (x, y) = tokio::join!(a.cast(Some(Some((1, 100)))), b.cast(Some(Some((50, 300)))));
+        assert_eq!((x, y), (Some(KeyRange::covering(1, 300)), x));
+        // A side whose key cannot take a range: both hash.
+        let [a, b] = RangeVote::pair();
+        let (x, y) = tokio::join!(a.cast(Some(Some((1, 100)))), b.cast(None));
+        assert_eq!((x, y), (None, None));
+        // The other side does not vote within the wait: the first decides for both, by hash,
+        // and the late side finds that decision whatever it votes.
+        let [a, b] = RangeVote::pair();
+        let started = std::time::Instant::now();
+        assert_eq!(a.cast(Some(Some((1, 100)))).await, None);
+        assert!(started.elapsed() >= VOTE_WAIT);
+        assert_eq!(b.cast(Some(Some((1, 100)))).await, None);
     }
 }
