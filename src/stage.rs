@@ -223,8 +223,8 @@ struct Split {
 }
 
 /// Buckets a side is staged in once it outgrows what is held: the diff's passes each take a
-/// share of them (consecutive buckets to a pass, src/diff/bucket.rs `pass_of_bucket`), so a large side is
-/// not read back and split after it is read.
+/// share of them (consecutive buckets to a pass, src/diff/bucket.rs `pass_of_bucket`), so a
+/// large side is not read back and split after it is read.
 pub const BUCKETS: usize = 32;
 
 /// A bucket's folder under the side's: named as a Hive partition (`bucket=07`), so that

@@ -197,13 +197,9 @@ pub struct RangeVote {
 /// The most the first side to vote waits for the other.
 pub const VOTE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A side's vote: `None` when its key cannot be dealt by range (not one integer column); else
-/// the key's lowest and highest value as its server's statistics estimate them, if they do.
-pub type Estimate = Option<Option<(i64, i64)>>;
-
 #[derive(Default)]
 struct Ballot {
-    votes: [Option<Estimate>; 2],
+    votes: [Option<crate::diff::Estimate>; 2],
     /// The decision, once made: the same for both sides.
     decided: Option<Option<crate::diff::KeyRange>>,
     /// Wakes the side waiting for the other's vote.
@@ -222,7 +218,7 @@ impl RangeVote {
 
     /// Cast this side's vote and wait for the other's: the range both deal by, if any (the
     /// same answer on both sides).
-    pub async fn cast(self, mine: Estimate) -> Option<crate::diff::KeyRange> {
+    pub async fn cast(self, mine: crate::diff::Estimate) -> Option<crate::diff::KeyRange> {
         let waiting = {
             let Ok(mut ballot) = self.shared.lock() else {
                 return None;

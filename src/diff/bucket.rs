@@ -34,7 +34,8 @@ use crate::stage::BUCKETS;
 /// pass then holds a run of consecutive keys: the join's array over the key's range
 /// (DataFusion's `ArrayMap`) covers a fifth of the range in five passes rather than all of it,
 /// and rows read in key order (a table filled by a sequence) are dealt to one bucket at a time.
-/// 10M-row plan: user CPU 3.1 → 2.45 s, the passes 850 → 660 ms (4 interleaved pairs). Keys
+/// 10M-row plan: user CPU 3.1–3.4 → 2.7–3.0 s, the passes 0.85–1.0 → 0.67–0.80 s (interleaved
+/// runs; README, "Buckets by key range"). Keys
 /// outside the estimate (rows since the statistics were taken) continue the blocks round the
 /// buckets, so a stale estimate spreads them rather than piling them in one bucket; a skewed
 /// key (its values bunched in a few blocks) is caught after staging and hashed instead
@@ -44,6 +45,11 @@ pub struct KeyRange {
     pub lo: i64,
     pub width: u64,
 }
+
+/// A side's say in buckets by key range (src/connect/mod.rs `RangeVote`): `None` when its key
+/// cannot be dealt by range (not one integer column); else the key's lowest and highest value as
+/// its server's statistics estimate them, if they do.
+pub type Estimate = Option<Option<(i64, i64)>>;
 
 impl KeyRange {
     /// Blocks of [`BUCKETS`] to cover `lo..=hi`.
@@ -59,7 +65,7 @@ impl KeyRange {
 
     /// The range both sides' estimates (`lo`, `hi`) cover, when the key qualifies on both
     /// sides (`Some`) and at least one side has an estimate.
-    pub fn estimated(sides: [Option<Option<(i64, i64)>>; 2]) -> Option<KeyRange> {
+    pub fn estimated(sides: [Estimate; 2]) -> Option<KeyRange> {
         let [Some(a), Some(b)] = sides else {
             return None;
         };

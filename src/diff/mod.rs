@@ -17,7 +17,7 @@ use futures::StreamExt;
 
 pub use bucket::hash_value as bucket_hash_value;
 pub use bucket::passes;
-pub use bucket::{KeyRange, values as bucket_values};
+pub use bucket::{Estimate, KeyRange, values as bucket_values};
 pub use resolve::{Mapped, Resolved, resolve};
 pub use rows::{changes_of, json_value};
 
