@@ -190,7 +190,7 @@ pub fn on_own_task<T: Send + 'static>(
 pub struct StagedSides(std::sync::Mutex<[SideFacts; 2]>);
 
 /// What staging found about one side.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct SideFacts {
     /// The key checks' counts, when the side's one integer key could be counted.
     pub key: Option<KeyFacts>,
@@ -201,6 +201,9 @@ pub struct SideFacts {
     /// Its rows were dealt to buckets by this key range rather than by hash
     /// (src/diff/bucket.rs `KeyRange`).
     pub range: Option<crate::diff::KeyRange>,
+    /// The side's batches as staging held them (its table spreads them, in slices, over the
+    /// session's partitions): the diff's join builds on them as they are (src/diff/mod.rs).
+    pub held: Option<Vec<datafusion::arrow::record_batch::RecordBatch>>,
 }
 
 fn side_index(side: Side) -> usize {
@@ -224,7 +227,7 @@ pub fn staged(ctx: &SessionContext, side: Side) -> SideFacts {
     ctx.state()
         .config()
         .get_extension::<StagedSides>()
-        .and_then(|sides| sides.0.lock().ok().map(|s| s[side_index(side)]))
+        .and_then(|sides| sides.0.lock().ok().map(|s| s[side_index(side)].clone()))
         .unwrap_or_default()
 }
 

@@ -287,6 +287,86 @@ async fn sides_dealt_by_key_range_meet_in_the_same_passes_and_converge() {
 }
 
 #[tokio::test]
+async fn a_side_that_fits_is_decoded_whole_and_the_join_builds_on_it_as_it_is() {
+    // Analyzed tables that fit the budget: each is decoded into one batch (its statistics count
+    // its rows), which the join takes as its build side without cutting or copying it, as
+    // DataFusion's own metrics say (`-vvv`).
+    let url = postgres(
+        "held_whole",
+        &format!(
+            "{}
+             ALTER TABLE s SET (autovacuum_enabled = false);
+             ALTER TABLE d SET (autovacuum_enabled = false);
+             ANALYZE s; ANALYZE d;",
+            drift(50_000)
+        ),
+    )
+    .await;
+    let f = Folder::new();
+    f.write("job.toml", &job(&url));
+    let plan = |extra: &[&str]| {
+        let mut args = vec!["plan", "job.toml", "-f", "json", "--limit", "0", "-vvv"];
+        args.extend(extra);
+        let (code, out, err) = recon(&args, f.dir.path());
+        assert_eq!(code, 0, "{err}");
+        let s = json(&out)["summary"].clone();
+        let count = |a: &str| s[a].as_i64().unwrap();
+        (err, (count("insert"), count("update"), count("delete")))
+    };
+    let (err, counts) = plan(&[]);
+    assert!(err.contains("build_input_batches=1,"), "{err}");
+    assert!(
+        err.contains("build_input_rows=49.50 K"),
+        "the destination is built on: {err}"
+    );
+    assert_eq!(counts, expected(&url).await);
+    // Rows added since ANALYZE (more than the eighth to spare) come in a second batch, on both
+    // sides (deletes since taken into account): exact counts.
+    pg_exec(
+        &url,
+        "INSERT INTO s SELECT g, md5(g::text), 1, g FROM generate_series(50001, 70000) g;
+         INSERT INTO d SELECT g, 'late', 1, g FROM generate_series(70001, 90000) g;
+         DELETE FROM d WHERE k % 7 = 0;",
+    )
+    .await;
+    let (err, counts) = plan(&[]);
+    assert!(err.contains("build_input_batches=2,"), "{err}");
+    assert_eq!(counts, expected(&url).await);
+    // Statistics far out of date: the tables were analyzed at a few rows, and now outgrow the
+    // budget many times. The batch gathered as if it fit is split into buckets after all.
+    pg_exec(
+        &url,
+        "TRUNCATE s; TRUNCATE d;
+         INSERT INTO s SELECT g, md5(g::text), 1, g FROM generate_series(1, 1000) g;
+         INSERT INTO d SELECT * FROM s WHERE k % 3 <> 0;
+         ANALYZE s; ANALYZE d;
+         INSERT INTO s SELECT g, md5(g::text), 1, g FROM generate_series(1001, 150000) g;
+         INSERT INTO d SELECT k, CASE WHEN k % 40 = 0 THEN 'changed' ELSE name END, price, qty
+           FROM s WHERE k > 1000 AND k % 50 <> 0;",
+    )
+    .await;
+    let (err, counts) = plan(&["--memory-limit", "8MB"]);
+    assert!(err.contains("diffing in passes"), "{err}");
+    let (insert, update, delete) = expected(&url).await;
+    assert!(insert > 3000 && update > 2000, "{insert} {update}");
+    assert_eq!(counts, (insert, update, delete));
+    let (code, out, err) = recon(
+        &[
+            "apply",
+            "job.toml",
+            "-f",
+            "json",
+            "--force",
+            "--memory-limit",
+            "8MB",
+        ],
+        f.dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    converged(&url, f.dir.path(), &json(&out), (insert, update, delete)).await;
+}
+
+#[tokio::test]
 async fn a_key_bunched_in_its_range_is_diffed_in_passes_by_hash() {
     // The statistics saw keys 1..1000 and one far key: its range's first block holds every
     // row added since, and the staged buckets would give one pass all of them. Both sides are

@@ -294,6 +294,7 @@ pub async fn register(
                         held_bytes: staged.held_bytes,
                         bucketed: staged.bucketed,
                         range: staged.range,
+                        held: staged.held.clone(),
                     },
                 );
             }

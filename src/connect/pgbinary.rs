@@ -230,6 +230,8 @@ pub struct Decoder {
     columns: Vec<Column>,
     /// Rows in `columns`.
     rows: usize,
+    /// Rows `columns` gather before they are yielded as a batch (rows not dealt to buckets).
+    batch_rows: usize,
     /// Where each value of the tuple being decoded starts, and its length (-1: NULL): one
     /// place a column.
     fields: Vec<(usize, i32)>,
@@ -249,11 +251,23 @@ impl Decoder {
             kinds,
             columns,
             rows: 0,
+            batch_rows: BATCH_ROWS,
             fields,
             deal: None,
             buf: Vec::new(),
             header_done: false,
             finished: false,
+        }
+    }
+
+    /// Gather the first `rows` rows into one batch, with room for them from the start (a side
+    /// expected to be held whole: the diff's join then takes it as its build side without
+    /// copying it into one, src/diff/mod.rs `build_side`); later rows come in batches of
+    /// [`BATCH_ROWS`]. Only before the first row.
+    pub fn first_batch(&mut self, rows: usize) {
+        if self.rows == 0 && self.deal.is_none() && rows > BATCH_ROWS {
+            self.batch_rows = rows;
+            self.columns = self.kinds.iter().map(|k| k.column_for(rows)).collect();
         }
     }
 
@@ -326,7 +340,7 @@ impl Decoder {
                 (Some(b), Some(deal)) if deal.rows[b] >= deal.target => {
                     out.push((Some(b), self.take_bucket(b)?));
                 }
-                (None, _) if self.rows >= BATCH_ROWS => out.push((None, self.take_batch()?)),
+                (None, _) if self.rows >= self.batch_rows => out.push((None, self.take_batch()?)),
                 _ => {}
             }
         }
@@ -360,6 +374,7 @@ impl Decoder {
         let fresh = self.kinds.iter().map(|k| k.column()).collect();
         let columns = std::mem::replace(&mut self.columns, fresh);
         self.rows = 0;
+        self.batch_rows = BATCH_ROWS;
         self.batch_of(columns)
     }
 
@@ -899,6 +914,71 @@ mod tests {
         let mut cut = Decoder::new(["k", "t", "n"].map(String::from).to_vec(), kinds);
         cut.push(&stream[..stream.len() - 5]).unwrap();
         assert!(cut.finish().is_err());
+    }
+
+    #[test]
+    fn a_first_batch_gathers_its_rows_and_later_rows_come_in_batches() {
+        let n = 2 * BATCH_ROWS + 100;
+        let mut stream = SIGNATURE.to_vec();
+        stream.extend([0u8; 8]);
+        for k in 0..n as i64 {
+            stream.extend(1i16.to_be_bytes());
+            stream.extend(8i32.to_be_bytes());
+            stream.extend(k.to_be_bytes());
+        }
+        stream.extend((-1i16).to_be_bytes());
+        // The sizes of the batches decoded (in chunks of 1,000 bytes), and their keys in order.
+        let decode = |first: Option<usize>, deal: bool| {
+            let mut decoder = Decoder::new(vec!["k".into()], vec![PgKind::Int8]);
+            if deal {
+                assert!(decoder.deal_by(0, 2, BATCH_ROWS, None));
+            }
+            if let Some(rows) = first {
+                decoder.first_batch(rows);
+            }
+            let mut batches = Vec::new();
+            for chunk in stream.chunks(1000) {
+                batches.extend(decoder.push(chunk).unwrap());
+            }
+            batches.extend(decoder.finish().unwrap());
+            // (The last batch may be empty: the stager takes it only for the columns.)
+            let sizes: Vec<usize> = batches
+                .iter()
+                .map(|(_, b)| b.num_rows())
+                .filter(|n| *n > 0)
+                .collect();
+            let mut keys = Vec::new();
+            for (_, batch) in &batches {
+                for row in 0..batch.num_rows() {
+                    keys.push(
+                        crate::diff::json_value(batch.column(0), row)
+                            .as_i64()
+                            .unwrap(),
+                    );
+                }
+            }
+            (sizes, keys)
+        };
+        let all: Vec<i64> = (0..n as i64).collect();
+        let first = BATCH_ROWS + 500;
+        assert_eq!(
+            decode(Some(first), false),
+            (vec![first, n - first], all.clone())
+        );
+        assert_eq!(decode(Some(n), false).0, vec![n]);
+        assert_eq!(decode(Some(n + 1), false).0, vec![n]);
+        let usual = vec![BATCH_ROWS, BATCH_ROWS, 100];
+        assert_eq!(decode(None, false), (usual.clone(), all));
+        assert_eq!(
+            decode(Some(BATCH_ROWS / 2), false).0,
+            usual,
+            "fewer than a batch: ignored"
+        );
+        let (sizes, _) = decode(Some(n), true);
+        assert!(
+            sizes.len() > 2,
+            "rows dealt to buckets stay dealt: {sizes:?}"
+        );
     }
 
     #[test]
