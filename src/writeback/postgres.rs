@@ -331,7 +331,20 @@ fn statement(table: &str, lookup: &Lookup, target: &Target, op: &Op<'_>) -> Stri
         "(SELECT m.{rid} AS rid, s.* FROM {BATCH} s JOIN {relation} m ON {}{single})",
         lookup.on("m", "s"),
     );
+    // A unique index on the match columns, on the table itself: each row is found by one probe
+    // of it, not by a probe and then a fetch by `ctid` (batches of 1,000 updates of a 1M-row
+    // table: the plan loses its Tid Scan, median 4.65 against 5.67 ms on the server, 24 each).
+    let direct = lookup.unique && relation == table;
     match op.action {
+        Action::Update if direct => format!(
+            "UPDATE {table} AS d SET {} FROM {BATCH} AS w WHERE {}",
+            op.assignments(target, quote, ""),
+            lookup.on("d", "w")
+        ),
+        Action::Delete if direct => format!(
+            "DELETE FROM {table} AS d USING {BATCH} AS w WHERE {}",
+            lookup.on("d", "w")
+        ),
         Action::Insert => {
             let staged: Vec<String> = op
                 .staged_names(target)
