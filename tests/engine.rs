@@ -235,6 +235,22 @@ async fn sides_staged_in_buckets_and_sides_split_after_meet_in_the_same_passes()
     );
 }
 
+/// `recon apply --force` of `job.toml` in `dir` under an 8 MB budget, then [`converged`].
+async fn apply_in_passes(url: &str, dir: &std::path::Path, expected: (i64, i64, i64)) {
+    let args = [
+        "apply",
+        "job.toml",
+        "-f",
+        "json",
+        "--force",
+        "--memory-limit",
+        "8MB",
+    ];
+    let (code, out, err) = recon(&args, dir);
+    assert_eq!(code, 0, "{err}");
+    converged(url, dir, &json(&out), expected).await;
+}
+
 #[tokio::test]
 async fn sides_dealt_by_key_range_meet_in_the_same_passes_and_converge() {
     // Both sides analyzed: their key's statistics estimate its range, and rows are dealt to
@@ -270,20 +286,7 @@ async fn sides_dealt_by_key_range_meet_in_the_same_passes_and_converge() {
     assert_passes(&err, &["source"], &["destination"]);
     assert!(!err.contains("passes by hash instead"), "{err}");
     assert_eq!(counts, (insert, update, delete));
-    let (code, out, err) = recon(
-        &[
-            "apply",
-            "job.toml",
-            "-f",
-            "json",
-            "--force",
-            "--memory-limit",
-            "8MB",
-        ],
-        f.dir.path(),
-    );
-    assert_eq!(code, 0, "{err}");
-    converged(&url, f.dir.path(), &json(&out), (insert, update, delete)).await;
+    apply_in_passes(&url, f.dir.path(), (insert, update, delete)).await;
 }
 
 #[tokio::test]
@@ -350,20 +353,7 @@ async fn a_side_that_fits_is_decoded_whole_and_the_join_builds_on_it_as_it_is() 
     let (insert, update, delete) = expected(&url).await;
     assert!(insert > 3000 && update > 2000, "{insert} {update}");
     assert_eq!(counts, (insert, update, delete));
-    let (code, out, err) = recon(
-        &[
-            "apply",
-            "job.toml",
-            "-f",
-            "json",
-            "--force",
-            "--memory-limit",
-            "8MB",
-        ],
-        f.dir.path(),
-    );
-    assert_eq!(code, 0, "{err}");
-    converged(&url, f.dir.path(), &json(&out), (insert, update, delete)).await;
+    apply_in_passes(&url, f.dir.path(), (insert, update, delete)).await;
 }
 
 #[tokio::test]
