@@ -262,7 +262,7 @@ impl Decoder {
 
     /// Gather the first `rows` rows into one batch, with room for them from the start (a side
     /// expected to be held whole: the diff's join then takes it as its build side without
-    /// copying it into one, src/diff/mod.rs `build_side`); later rows come in batches of
+    /// copying it into one, src/diff/mod.rs `arrange_held`); later rows come in batches of
     /// [`BATCH_ROWS`]. Only before the first row.
     pub fn first_batch(&mut self, rows: usize) {
         if self.rows == 0 && self.deal.is_none() && rows > BATCH_ROWS {

@@ -220,13 +220,11 @@ pub async fn snapshot(
     // rows than its statistics count), which the diff's join builds on without copying it (1M
     // rows: ~30 ms of a ~100 ms diff); should it outgrow what is held after all, the stager
     // splits its batches into the buckets.
-    match (key, held_whole) {
-        (Some(_), Some(rows)) => decoder.first_batch(rows as usize + rows as usize / 8 + 1024),
-        (Some(key), None) => {
-            let (buckets, rows) = (crate::stage::BUCKETS, crate::stage::BUCKET_ROWS);
-            decoder.deal_by(key, buckets, rows, out.range());
-        }
-        (None, _) => {}
+    if let Some(rows) = held_whole {
+        decoder.first_batch(rows as usize + rows as usize / 8 + 1024);
+    } else if let Some(key) = key {
+        let (buckets, rows) = (crate::stage::BUCKETS, crate::stage::BUCKET_ROWS);
+        decoder.deal_by(key, buckets, rows, out.range());
     }
     // A decode error is kept, and the rest of the stream read (sqlx: so that the connection
     // leaves COPY mode cleanly) or left (own connection: it is closed).
