@@ -4,11 +4,13 @@
 # interleaved, it times:
 #   floor   both binary COPYs of the tables, in parallel, to /dev/null (what reading costs)
 #   plan    recon plan --format json --limit 0
-#   apply   recon apply of the drift into a fresh copy of the destination
+#   apply   recon apply of the drift into a fresh copy of the destination (vacuumed, as the
+#           destination the plan reads is settled by earlier reads)
 #   duckdb  DuckDB's postgres_scanner + FULL JOIN counting the same drift (when installed:
 #           pip install duckdb==1.4.4 duckdb-ext-postgres==1.4.4.20260205)
 # then one plan under memory_limit = 256MB and one initial load (apply into an empty table), and prints the median wall time, rows/s, peak RSS and
-# the ratio to the floor of each, and checks recon's counts against SQL.
+# the ratio to the floor of each, and checks recon's counts against SQL. Before each timed command
+# the server's and the kernel's dirty pages are flushed (settle).
 #   bash benches/run.sh [ROWS]
 # Release build (slow from clean; the target dir is kept between runs).
 set -euo pipefail
@@ -55,9 +57,18 @@ job plan dst
 job small dst "[engine]
 memory_limit = \"256MB\""
 
+# Before each timed command: what earlier commands wrote (a copied table, an apply's WAL) is
+# flushed to disk, so that no command pays for another's writes (the kernel flushing 2 GB of a
+# fresh copy of the destination during the apply made its diff passes ~3 × slower).
+settle() {
+  "${PSQL[@]}" -c "CHECKPOINT"
+  sync
+}
+
 # measure NAME COMMAND…: wall seconds and peak RSS (KiB) appended to $SERVERS_DIR/NAME.times
 measure() {
   local name=$1; shift
+  settle
   /usr/bin/time -f "%e %M" -o "$SERVERS_DIR/t" "$@" >"$SERVERS_DIR/$name.out" 2>"$SERVERS_DIR/$name.err" \
     || { cat "$SERVERS_DIR/$name.err" >&2; exit 1; }
   cat "$SERVERS_DIR/t" >> "$SERVERS_DIR/$name.times"
@@ -93,7 +104,8 @@ for round in $(seq 1 $ROUNDS); do
   echo "round $round of $ROUNDS…" >&2
   measure floor bash -c "$(declare -p PSQL); $(declare -f floor); floor"
   measure plan "$RECON" plan "$SERVERS_DIR/plan.toml" --format json --limit 0 --no-progress
-  "${PSQL[@]}" -c "DROP TABLE IF EXISTS dst_apply; CREATE TABLE dst_apply (LIKE dst INCLUDING ALL); INSERT INTO dst_apply SELECT * FROM dst; ANALYZE dst_apply;"
+  "${PSQL[@]}" -c "DROP TABLE IF EXISTS dst_apply; CREATE TABLE dst_apply (LIKE dst INCLUDING ALL); INSERT INTO dst_apply SELECT * FROM dst;" \
+    -c "VACUUM ANALYZE dst_apply"
   job apply dst_apply
   rm -rf "$SERVERS_DIR/.recon"
   measure apply "$RECON" apply "$SERVERS_DIR/apply.toml" --format json --limit 0 --force --no-progress

@@ -55,8 +55,42 @@ pub async fn apply(job: &Job, options: &ApplyOptions, progress: &Progress) -> Re
     let read = crate::source_read(job, saved.clone())?;
     // The diff's output goes to a local spool as it is produced; only the listed changes stay.
     let mut spool = writeback::Spool::for_job(job, options.list)?;
-    let output = crate::diff::Output::Spool(&mut spool);
-    let changeset = crate::diff_snapshots(job, options.list, true, &read, progress, output).await?;
+    // With no guard that needs the totals, a diff in passes hands each pass's changes to
+    // writeback as it ends, and they are written while the next passes run.
+    let (changeset, handed) = match overlaps(job, options) {
+        false => {
+            let output = crate::diff::Output::Spool(&mut spool);
+            let diffed = crate::diff_snapshots(job, options.list, true, &read, progress, output);
+            (diffed.await?, None)
+        }
+        true => {
+            let refuse_empty_source = job.write.deletes && !options.allow_empty_source;
+            let parts = spool.hand_over(refuse_empty_source);
+            let diffed = async {
+                let output = crate::diff::Output::Spool(&mut spool);
+                let diffed =
+                    crate::diff_snapshots(job, options.list, true, &read, progress, output).await;
+                spool.stop_handing();
+                diffed
+            };
+            let written = writeback::write_handed(job, parts, job.write.deletes, progress);
+            match futures::try_join!(diffed, written) {
+                Ok(done) => done,
+                Err(e) => {
+                    let run = Run {
+                        command: "apply".into(),
+                        started_at,
+                        finished_at: now(),
+                        outcome: "error".into(),
+                        message: Some(e.to_string()),
+                        ..Run::default()
+                    };
+                    let _ = state.record_run_only(&run).await;
+                    return Err(e);
+                }
+            }
+        }
+    };
     spool.close()?;
     let mut run = Run {
         command: "apply".into(),
@@ -75,9 +109,14 @@ pub async fn apply(job: &Job, options: &ApplyOptions, progress: &Progress) -> Re
         state.record_run_only(&run).await?;
         return Err(refusal);
     }
-    pause_point("before-write");
-    let outcome = match writeback::write(job, &changeset, &spool, job.write.deletes, progress).await
-    {
+    let written = match handed {
+        Some(outcome) => Ok(outcome),
+        None => {
+            pause_point("before-write");
+            writeback::write(job, &changeset, &spool, job.write.deletes, progress).await
+        }
+    };
+    let outcome = match written {
         Ok(outcome) => outcome,
         Err(e) => {
             run.outcome = "error".into();
@@ -193,6 +232,14 @@ fn advance(
         return None;
     }
     Some(watermark::into_state(saved, value))
+}
+
+/// Whether writes may start before the diff's totals are known: no `max_changes` guard (or
+/// `--force`), and a database destination (an HTTP API is written after the diff). The diff
+/// still hands nothing over unless it runs in passes with its key checks settled first (src/diff/mod.rs).
+fn overlaps(job: &Job, options: &ApplyOptions) -> bool {
+    let guarded = !options.force && options.max_changes.or(job.write.max_changes).is_some();
+    !guarded && !matches!(job.destination.location, crate::config::Location::Http(_))
 }
 
 /// Refuse before any write when more rows would change than allowed, or when an empty source

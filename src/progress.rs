@@ -89,6 +89,11 @@ impl RowCounter {
         self.0.inc(rows as u64);
     }
 
+    /// Count `rows` more to come (a bar whose total grows as the work becomes known).
+    pub fn grow(&self, rows: u64) {
+        self.0.inc_length(rows);
+    }
+
     pub fn done(&self) {
         self.0.finish_with_message("done");
     }

@@ -125,21 +125,25 @@ async fn plan_and_apply_under_a_small_memory_limit_give_exact_counts() {
         "{c}"
     );
     // Each writer's inserts, in the order it made them.
-    pg_exec(
-        &url,
-        "CREATE TABLE inserted (n bigserial, pid int, k int);
-         CREATE FUNCTION log_insert() RETURNS trigger LANGUAGE plpgsql AS
-           $$ BEGIN INSERT INTO inserted (pid, k) VALUES (pg_backend_pid(), NEW.k); RETURN NEW; END $$;
-         CREATE TRIGGER log_insert AFTER INSERT ON d FOR EACH ROW EXECUTE FUNCTION log_insert();",
-    )
-    .await;
+    log_inserts(&url).await;
+    // A guard that needs the totals (`--max-changes`): the changes are written after the diff.
     let (code, out, err) = recon(
         &[
-            "apply", "job.toml", "-f", "json", "--force", limit[0], limit[1],
+            "apply",
+            "job.toml",
+            "-f",
+            "json",
+            "--max-changes",
+            "1000000",
+            "-v",
+            limit[0],
+            limit[1],
         ],
         f.dir.path(),
     );
     assert_eq!(code, 0, "{err}");
+    assert!(err.contains("diffing in passes"), "{err}");
+    assert!(!err.contains("written as the pass ends"), "{err}");
     // The passes' changes reach the destination merged into key order: each writer's inserts
     // ascend (spread over the passes, the keys are not in order in any one of them).
     assert_eq!(
@@ -437,6 +441,183 @@ async fn duplicate_and_null_keys_are_counted_across_passes() {
     // The most copied key comes first in the sample, whichever pass found it (k = 3: the row,
     // its copy, and both copied again).
     assert!(err.contains("sample: k=3 (4 rows); "), "{err}");
+}
+
+/// Each insert into `d` logged with its writer's session, in order, in the table `inserted`.
+async fn log_inserts(url: &str) {
+    pg_exec(
+        url,
+        "CREATE TABLE inserted (n bigserial, pid int, k int);
+         CREATE FUNCTION log_insert() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN INSERT INTO inserted (pid, k) VALUES (pg_backend_pid(), NEW.k); RETURN NEW; END $$;
+         CREATE TRIGGER log_insert AFTER INSERT ON d FOR EACH ROW EXECUTE FUNCTION log_insert();",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_apply_in_passes_writes_each_pass_as_it_ends_and_converges() {
+    // `email` is unique in the destination. 19 source rows missing from it (k = 10,000 … 190,000,
+    // spread over the key's range) carry the email of an extra destination row that the same
+    // run deletes (k = 200,001 … 200,019): a row re-keyed. Written pass by pass, an insert can
+    // come before the delete that frees its email, in a later pass.
+    let setup = format!(
+        "{}
+         ALTER TABLE s ADD COLUMN email text;
+         UPDATE s SET email = 'e' || k;
+         ALTER TABLE d ADD COLUMN email text;
+         UPDATE d SET email = 'e' || k;
+         UPDATE d SET email = 'e' || ((k - 200000) * 10000) WHERE k BETWEEN 200001 AND 200019;
+         CREATE UNIQUE INDEX d_email ON d (email);",
+        drift(200_000)
+    );
+    let url = postgres("handed_passes", &setup).await;
+    let (insert, update, delete) = expected(&url).await;
+    assert!(insert > 0 && update > 0 && delete > 0);
+    log_inserts(&url).await;
+    let f = Folder::new();
+    f.write("job.toml", &job(&url));
+    let args = [
+        "apply",
+        "job.toml",
+        "-f",
+        "json",
+        "--force",
+        "--memory-limit",
+        "8MB",
+        "-v",
+    ];
+    let (code, out, err) = recon(&args, f.dir.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("each pass's changes are written as the pass ends"),
+        "{err}"
+    );
+    let passes: i64 = err
+        .split("diffing in passes passes=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no pass count: {err}"));
+    assert!(passes > 1, "{err}");
+    // The re-keyed rows were refused while their email was taken, and written once the delete
+    // that frees it was: none failed.
+    let doc = json(&out);
+    assert_eq!(doc["failed"].as_i64(), Some(0), "{}", doc["failed_rows"]);
+    converged(&url, f.dir.path(), &doc, (insert, update, delete)).await;
+    assert_eq!(
+        pg_count(&url, "SELECT count(*) FROM inserted").await,
+        insert
+    );
+    // Some re-keyed rows were written after every pass's own inserts: tried again at the end.
+    let again = pg_count(
+        &url,
+        "SELECT count(*) FROM inserted WHERE k % 10000 = 0
+           AND n > (SELECT max(n) FROM inserted WHERE k % 10000 <> 0)",
+    )
+    .await;
+    assert!(again > 0, "no insert was tried again");
+    // Each pass's inserts come in key order: a writer meets a smaller key only when a new pass
+    // begins.
+    let descents = pg_count(
+        &url,
+        "SELECT coalesce(max(n), 0) FROM (SELECT pid, count(*) AS n FROM
+           (SELECT pid, k, lag(k) OVER (PARTITION BY pid ORDER BY n) AS before
+              FROM inserted WHERE k % 10000 <> 0) w
+           WHERE before > k GROUP BY pid) x",
+    )
+    .await;
+    assert!(descents < passes, "{descents} descents in {passes} passes");
+
+    // A duplicated key that no catalog rules out and that the reading could not count (the key
+    // is text): every pass is checked before any write, and the run writes nothing.
+    let setup = format!(
+        "{}
+         ALTER TABLE s ALTER COLUMN k TYPE text;
+         ALTER TABLE d ALTER COLUMN k TYPE text;
+         INSERT INTO s SELECT k, name, price, qty FROM s WHERE k = '199999';",
+        drift(200_000)
+    );
+    let url = postgres("handed_duplicates", &setup).await;
+    let before = pg_count(&url, "SELECT count(*) FROM d WHERE name = 'changed'").await;
+    let f = Folder::new();
+    f.write("job.toml", &job(&url));
+    let (code, _, err) = recon(&args, f.dir.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("diffing in passes"), "{err}");
+    assert!(!err.contains("written as the pass ends"), "{err}");
+    assert!(err.contains("k=199999"), "{err}");
+    let after = pg_count(&url, "SELECT count(*) FROM d WHERE name = 'changed'").await;
+    assert_eq!((before > 0, after), (true, before));
+}
+
+#[tokio::test]
+async fn mariadb_and_sqlite_destinations_are_written_pass_by_pass_and_converge() {
+    // 200,000 rows of ~50 bytes against an 8 MB budget; every 50th row missing from the
+    // destination, every 40th changed, 2,000 extra rows.
+    let url = postgres(
+        "handed_other",
+        "CREATE TABLE s AS SELECT g AS k, lpad(g::text, 40, '0') AS name, g % 1000 AS qty
+           FROM generate_series(1, 200000) g;
+         ALTER TABLE s ADD PRIMARY KEY (k);",
+    )
+    .await;
+    let rows = "k % 50 <> 0";
+    let name = |pad: &str| format!("CASE WHEN k % 40 = 0 THEN 'changed' ELSE {pad} END");
+    let extra = "k > 200000";
+    let my = mariadb(
+        "handed_other",
+        &format!(
+            "CREATE TABLE d (k INT PRIMARY KEY, name VARCHAR(50), qty INT);
+             INSERT INTO d SELECT k, {}, k % 1000 FROM (SELECT seq AS k FROM seq_1_to_202000) AS t
+               WHERE ({rows} AND k <= 200000) OR {extra};",
+            name("LPAD(k, 40, '0')")
+        ),
+    )
+    .await;
+    let f = Folder::new();
+    let lite = f
+        .sqlite(
+            "d.db",
+            &format!(
+                "CREATE TABLE d (k INTEGER PRIMARY KEY, name TEXT, qty INTEGER);
+                 WITH RECURSIVE g(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM g WHERE k < 202000)
+                 INSERT INTO d SELECT k, {}, k % 1000 FROM g WHERE ({rows} AND k <= 200000) OR {extra};",
+                name("printf('%040d', k)")
+            ),
+        )
+        .await;
+    for destination in [my, format!("sqlite://{}", lite.display())] {
+        f.write(
+            "job.toml",
+            &format!(
+                "[source]\nurl = \"{url}\"\ntable = \"s\"\n[destination]\nurl = \"{destination}\"\ntable = \"d\"\n[match]\nk = \"k\"\n[write]\ndeletes = true\n"
+            ),
+        );
+        let args = [
+            "apply",
+            "job.toml",
+            "-f",
+            "json",
+            "--force",
+            "--memory-limit",
+            "8MB",
+            "-v",
+        ];
+        let (code, out, err) = recon(&args, f.dir.path());
+        assert_eq!(code, 0, "{destination}: {err}");
+        assert!(
+            err.contains("each pass's changes are written as the pass ends"),
+            "{destination}: {err}"
+        );
+        // Missing: every 50th of 200,000; changed: every 40th not missing; extra: 2,000.
+        assert_eq!(
+            json(&out)["applied"],
+            serde_json::json!({"insert": 4000, "update": 4000, "delete": 2000}),
+            "{destination}"
+        );
+        assert_plan_empty(f.dir.path(), "job.toml");
+    }
 }
 
 /// Sequential scans of a table so far, as PostgreSQL's statistics count them (each read of a

@@ -289,6 +289,22 @@ pub async fn changeset_with(
     if buckets.is_none() && job.diff_query.is_none() {
         arrange_held(ctx, &resolved, left).await?;
     }
+    // An apply whose guards need no totals asked for each pass's output as it is written
+    // (src/apply.rs): handed over only when no pass can fail the key checks (each side counted
+    // while staged or its key proven by the catalog) and, when an empty source must refuse,
+    // the source is known to have rows. The changes of one pass are then written while the
+    // next passes run.
+    let handing = match &output {
+        Output::Spool(spool) => spool.handoff().is_some_and(|refuse_empty_source| {
+            passes > 1
+                && checks.iter().all(|c| c.counted || c.proven)
+                && (!refuse_empty_source || (checks[0].counted && checks[0].rows > 0))
+        }),
+        _ => false,
+    };
+    if handing {
+        tracing::info!(passes, "each pass's changes are written as the pass ends");
+    }
     let mut cursor_max: Option<crate::changeset::Cell> = None;
     for pass in 0..passes {
         let folders = buckets
@@ -349,8 +365,22 @@ pub async fn changeset_with(
         if let Output::Spool(spool) = &mut output {
             // Counted (and the first changes listed) as the output is written.
             let path = spool.next_part();
+            let before = collector.summary;
             OutputFile::write(&path, &mut stream, |batch| collector.add(batch)).await?;
             spool.adopt(path, resolved.keys.len(), resolved.compared.len());
+            if handing {
+                let now = collector.summary;
+                let summary = crate::changeset::Summary {
+                    insert: now.insert - before.insert,
+                    update: now.update - before.update,
+                    delete: now.delete - before.delete,
+                    ..Default::default()
+                };
+                spool.hand(Changeset {
+                    summary,
+                    ..shell.clone()
+                });
+            }
         } else if collector.counts_only() {
             while let Some(batch) = stream.next().await {
                 collector.add(&batch?)?;

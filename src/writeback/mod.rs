@@ -276,30 +276,108 @@ pub async fn write(
     if let Location::Http(_) = &job.destination.location {
         return http::write(job, shape, spool, deletes, progress, &target).await;
     }
-    let mut writers = vec![connect(job, &target).await?];
-    if matches!(&writers[0], Writer::Postgres(w) if w.shareable()) {
-        for _ in 1..POSTGRES_WRITERS {
-            writers.push(connect(job, &target).await?);
+    let mut writing = Writing::open(job, target, progress, total(shape, deletes)).await?;
+    for action in actions(deletes) {
+        writing
+            .write(shape, action, spool.read_to_write(action)?)
+            .await?;
+    }
+    Ok(writing.finish())
+}
+
+/// Write each pass's changes as the diff hands them over (src/apply.rs), while the diff's later
+/// passes run: each pass's deletes (when `deletes`), then its updates, then its inserts. `None`
+/// when the diff handed nothing over (its changes are then written by [`write`]).
+///
+/// Passes split the keys, so no key is written twice; only the order of actions across passes
+/// differs from [`write`]'s. A row refused while a later pass had yet to be written (a unique
+/// value that a later pass's delete or update frees) is tried once more after the last pass.
+pub async fn write_handed(
+    job: &Job,
+    mut handed: tokio::sync::mpsc::UnboundedReceiver<spool::Handed>,
+    deletes: bool,
+    progress: &Progress,
+) -> Result<Option<Outcome>> {
+    let Some(first) = handed.recv().await else {
+        return Ok(None);
+    };
+    pause_point("before-write");
+    let target = target(job, &first.shape)?;
+    let mut writing = Writing::open(job, target, progress, 0).await?;
+    writing.retry = Some(Vec::new());
+    let mut next = Some(first);
+    while let Some(spool::Handed { part, shape }) = next {
+        writing.counter.grow(total(&shape, deletes));
+        for action in actions(deletes) {
+            writing
+                .write(&shape, action, part.read_to_write(action))
+                .await?;
+        }
+        next = handed.recv().await;
+        if next.is_none() {
+            writing.again(&shape).await?;
         }
     }
-    let mut outcome = Outcome::default();
-    let counter = progress.bar("writing", total(shape, deletes));
-    let compared = shape.compared_columns.len();
-    // Rows per batch by the values each row binds (a statement's placeholders are limited).
-    let sizes: Vec<usize> = (0..=target.keys.len() + compared)
-        .map(|per_row| job.write.batch_size.min(writers[0].max_rows(per_row)))
-        .collect();
-    for action in actions(deletes) {
+    Ok(Some(writing.finish()))
+}
+
+/// The destination's writers, and what they wrote so far.
+struct Writing {
+    target: Target,
+    writers: Vec<Writer>,
+    batch_size: usize,
+    /// Rows per batch by the values each row binds (a statement's placeholders are limited).
+    sizes: Vec<usize>,
+    counter: crate::progress::RowCounter,
+    outcome: Outcome,
+    /// Rows the destination refused, kept to be tried again once every pass is written
+    /// ([`write_handed`]); `None`: refused rows are failed at once.
+    retry: Option<Vec<Refused>>,
+}
+
+/// A row the destination refused, with the columns its write set: tried again later.
+type Refused = (Action, Vec<usize>, Change);
+
+impl Writing {
+    async fn open(job: &Job, target: Target, progress: &Progress, total: u64) -> Result<Writing> {
+        let mut writers = vec![connect(job, &target).await?];
+        if matches!(&writers[0], Writer::Postgres(w) if w.shareable()) {
+            for _ in 1..POSTGRES_WRITERS {
+                writers.push(connect(job, &target).await?);
+            }
+        }
+        let sizes = (0..=target.keys.len() + target.compared.len())
+            .map(|per_row| job.write.batch_size.min(writers[0].max_rows(per_row)))
+            .collect();
+        Ok(Writing {
+            target,
+            writers,
+            batch_size: job.write.batch_size,
+            sizes,
+            counter: progress.bar("writing", total),
+            outcome: Outcome::default(),
+            retry: None,
+        })
+    }
+
+    /// Write `changes`, all of one action.
+    async fn write(
+        &mut self,
+        shape: &Changeset,
+        action: Action,
+        mut changes: impl Iterator<Item = Result<Change>> + Send + 'static,
+    ) -> Result<()> {
+        let began = std::time::Instant::now();
         // A thread reads the spool and cuts it into batches while the writers write: a writer
         // that is free takes the next batch (batches of one action touch distinct keys, so their
         // order does not matter), and no writer waits for the others or for the spool.
-        let (send, receive) = tokio::sync::mpsc::channel::<Batch>(2 * writers.len());
-        let mut changes = spool.read_to_write(action)?;
+        let (send, receive) = tokio::sync::mpsc::channel::<Batch>(2 * self.writers.len());
+        let compared = self.target.compared.len();
         let (batch_size, keys, sizes, n) = (
-            job.write.batch_size,
-            target.keys.len(),
-            sizes.clone(),
-            writers.len(),
+            self.batch_size,
+            self.target.keys.len(),
+            self.sizes.clone(),
+            self.writers.len(),
         );
         let reader = tokio::task::spawn_blocking(move || -> Result<()> {
             loop {
@@ -324,14 +402,16 @@ pub async fn write(
             }
         });
         let receive = tokio::sync::Mutex::new(receive);
-        let work = writers.iter_mut().map(|writer| {
-            let (receive, target, counter) = (&receive, &target, &counter);
+        let keep = self.retry.is_some();
+        let work = self.writers.iter_mut().map(|writer| {
+            let (receive, target, counter) = (&receive, &self.target, &self.counter);
             async move {
                 let mut done = Outcome::default();
+                let mut refused = Vec::new();
                 loop {
                     let next = receive.lock().await.recv().await;
                     let Some((columns, rows)) = next else {
-                        return Ok::<Outcome, Error>(done);
+                        return Ok::<_, Error>((done, refused));
                     };
                     pause_point("before-batch");
                     let rows: Vec<&Change> = rows.iter().collect();
@@ -340,7 +420,8 @@ pub async fn write(
                         columns: &columns,
                         rows: &rows,
                     };
-                    isolate(writer, target, shape, op, &mut done).await?;
+                    let kept = if keep { Some(&mut refused) } else { None };
+                    isolate(writer, target, shape, op, &mut done, kept).await?;
                     counter.add(rows.len());
                     pause_point("after-batch");
                 }
@@ -352,17 +433,55 @@ pub async fn write(
         let read = reader
             .await
             .map_err(|e| Error::Internal(format!("reading the spooled changes: {e}")))?;
-        for done in written? {
-            outcome.applied.insert += done.applied.insert;
-            outcome.applied.update += done.applied.update;
-            outcome.applied.delete += done.applied.delete;
-            outcome.failed.extend(done.failed);
+        for (done, refused) in written? {
+            self.outcome.applied.insert += done.applied.insert;
+            self.outcome.applied.update += done.applied.update;
+            self.outcome.applied.delete += done.applied.delete;
+            self.outcome.failed.extend(done.failed);
+            if let Some(retry) = &mut self.retry {
+                retry.extend(refused);
+            }
         }
         read?;
+        tracing::debug!(action = action.name(), elapsed = ?began.elapsed(), "written");
+        Ok(())
     }
-    counter.done();
-    sort_failures(&mut outcome.failed);
-    Ok(outcome)
+
+    /// Try once more the rows refused while later passes were still to be written; those
+    /// refused again fail.
+    async fn again(&mut self, shape: &Changeset) -> Result<()> {
+        let Some(retry) = self.retry.take() else {
+            return Ok(());
+        };
+        // Deletes, updates, inserts; each batch of rows that write the same columns.
+        let mut by_op: BTreeMap<(u8, Vec<usize>), (Action, Vec<Change>)> = BTreeMap::new();
+        for (action, columns, change) in retry {
+            let group = by_op
+                .entry((rank(action), columns))
+                .or_insert((action, Vec::new()));
+            group.1.push(change);
+        }
+        for ((_, columns), (action, changes)) in by_op {
+            let size = self.sizes[self.target.keys.len() + columns.len()];
+            for chunk in changes.chunks(size) {
+                let rows: Vec<&Change> = chunk.iter().collect();
+                let op = Op {
+                    action,
+                    columns: &columns,
+                    rows: &rows,
+                };
+                let (writer, target) = (&mut self.writers[0], &self.target);
+                isolate(writer, target, shape, op, &mut self.outcome, None).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Outcome {
+        self.counter.done();
+        sort_failures(&mut self.outcome.failed);
+        self.outcome
+    }
 }
 
 /// Changes to write: inserts and updates, and deletes when they are on.
@@ -473,12 +592,14 @@ fn groups(compared: usize, action: Action, chunk: Vec<Change>) -> Vec<Batch> {
 
 /// Write one batch; when the database refuses it, split until the refused rows stand alone.
 /// Rows the destination cannot hold as the source has them are failed before anything is sent.
+/// With `keep`, a row the database refuses goes there (to be tried again) rather than failing.
 async fn isolate(
     writer: &mut Writer,
     target: &Target,
     changeset: &Changeset,
     op: Op<'_>,
     outcome: &mut Outcome,
+    mut keep: Option<&mut Vec<Refused>>,
 ) -> Result<()> {
     let fail = |change: &Change, error: String| Failure {
         action: op.action,
@@ -518,9 +639,10 @@ async fn isolate(
         };
         match answer {
             Ok(()) => outcome.applied.add(op.action, rows.len() as u64),
-            Err(WriteError::Rejected(error)) if rows.len() == 1 => {
-                outcome.failed.push(fail(rows[0], error))
-            }
+            Err(WriteError::Rejected(error)) if rows.len() == 1 => match keep.as_deref_mut() {
+                Some(kept) => kept.push((op.action, op.columns.to_vec(), rows[0].clone())),
+                None => outcome.failed.push(fail(rows[0], error)),
+            },
             Err(WriteError::Mismatch(_)) if rows.len() == 1 => {
                 let found = writer.matches(target, rows[0]).await;
                 let found = match found {

@@ -29,14 +29,37 @@ pub struct Spool {
     list: Option<usize>,
     /// The diff's output files, in the order the diff wrote them.
     parts: Vec<Part>,
+    /// Where each diff output file goes as soon as it is written, for writes that overlap the
+    /// diff's later passes ([`Spool::hand_over`]).
+    handoff: Option<Handoff>,
 }
 
 /// A diff output file: one change per row (see queries/diff.sql for its columns).
 #[derive(Clone)]
-struct Part {
+pub struct Part {
     path: PathBuf,
     keys: usize,
     compared: usize,
+}
+
+impl Part {
+    /// This file's changes of one action, in the order the diff wrote them, as a writer reads
+    /// them (see [`Spool::read_to_write`]).
+    pub fn read_to_write(&self, action: Action) -> impl Iterator<Item = Result<Change>> + use<> {
+        Built::new(action, false, vec![self.clone()])
+    }
+}
+
+/// A pass's diff output, handed to writeback as soon as the pass has written it.
+pub struct Handed {
+    pub part: Part,
+    /// The changeset's job and columns (its changes empty, its counts this pass's).
+    pub shape: crate::changeset::Changeset,
+}
+
+struct Handoff {
+    sender: tokio::sync::mpsc::UnboundedSender<Handed>,
+    refuse_empty_source: bool,
 }
 
 impl Spool {
@@ -64,6 +87,7 @@ impl Spool {
             listed: Vec::new(),
             list,
             parts: Vec::new(),
+            handoff: None,
         })
     }
 
@@ -82,6 +106,44 @@ impl Spool {
             keys,
             compared,
         });
+    }
+
+    /// Ask for each diff output file as soon as it is written (an apply whose guards need no
+    /// totals): the diff hands them over only when its key checks were settled before the first
+    /// pass, and, with `refuse_empty_source`, when the source has rows (src/diff/mod.rs). The
+    /// receiver gets nothing when the diff hands nothing over; its channel closes with
+    /// [`Spool::stop_handing`] or [`Spool::close`].
+    pub fn hand_over(
+        &mut self,
+        refuse_empty_source: bool,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<Handed> {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        self.handoff = Some(Handoff {
+            sender,
+            refuse_empty_source,
+        });
+        receiver
+    }
+
+    /// `Some(refuse_empty_source)` when writeback asked for each file as it is written.
+    pub fn handoff(&self) -> Option<bool> {
+        self.handoff.as_ref().map(|h| h.refuse_empty_source)
+    }
+
+    /// Hand the file last adopted to writeback, with `shape` (its counts the file's).
+    pub fn hand(&mut self, shape: crate::changeset::Changeset) {
+        if let (Some(handoff), Some(part)) = (&self.handoff, self.parts.last()) {
+            // A receiver that is gone (writeback stopped on an error) ends the run anyway.
+            let _ = handoff.sender.send(Handed {
+                part: part.clone(),
+                shape,
+            });
+        }
+    }
+
+    /// Hand nothing more over: the receiver's channel closes.
+    pub fn stop_handing(&mut self) {
+        self.handoff = None;
     }
 
     fn path(&self, action: Action) -> PathBuf {
@@ -108,6 +170,7 @@ impl Spool {
 
     /// Finish writing; returns the changes kept for the report.
     pub fn close(&mut self) -> Result<Vec<Change>> {
+        self.stop_handing();
         for (w, action) in self.writers.iter_mut().zip(ACTIONS) {
             let path = self.work.path().join(format!("{}.jsonl", action.name()));
             w.flush().map_err(io(&path))?;
