@@ -239,18 +239,21 @@ async fn sides_staged_in_buckets_and_sides_split_after_meet_in_the_same_passes()
     );
 }
 
-/// `recon apply --force` of `job.toml` in `dir` under an 8 MB budget, then [`converged`].
+/// `recon apply --force` of `job.toml` under an 8 MB budget, logging at `-v`.
+const HANDED: [&str; 8] = [
+    "apply",
+    "job.toml",
+    "-f",
+    "json",
+    "--force",
+    "--memory-limit",
+    "8MB",
+    "-v",
+];
+
+/// [`HANDED`] in `dir`, then [`converged`].
 async fn apply_in_passes(url: &str, dir: &std::path::Path, expected: (i64, i64, i64)) {
-    let args = [
-        "apply",
-        "job.toml",
-        "-f",
-        "json",
-        "--force",
-        "--memory-limit",
-        "8MB",
-    ];
-    let (code, out, err) = recon(&args, dir);
+    let (code, out, err) = recon(&HANDED, dir);
     assert_eq!(code, 0, "{err}");
     converged(url, dir, &json(&out), expected).await;
 }
@@ -455,6 +458,18 @@ async fn log_inserts(url: &str) {
     .await;
 }
 
+/// [`HANDED`] in `dir` (its destination `what`), which succeeds and writes each pass's changes
+/// as the pass ends: its output and its log.
+fn apply_handed(dir: &std::path::Path, what: &str) -> (String, String) {
+    let (code, out, err) = recon(&HANDED, dir);
+    assert_eq!(code, 0, "{what}: {err}");
+    assert!(
+        err.contains("each pass's changes are written as the pass ends"),
+        "{what}: {err}"
+    );
+    (out, err)
+}
+
 #[tokio::test]
 async fn an_apply_in_passes_writes_each_pass_as_it_ends_and_converges() {
     // `email` is unique in the destination. 19 source rows missing from it (k = 10,000 … 190,000,
@@ -477,22 +492,7 @@ async fn an_apply_in_passes_writes_each_pass_as_it_ends_and_converges() {
     log_inserts(&url).await;
     let f = Folder::new();
     f.write("job.toml", &job(&url));
-    let args = [
-        "apply",
-        "job.toml",
-        "-f",
-        "json",
-        "--force",
-        "--memory-limit",
-        "8MB",
-        "-v",
-    ];
-    let (code, out, err) = recon(&args, f.dir.path());
-    assert_eq!(code, 0, "{err}");
-    assert!(
-        err.contains("each pass's changes are written as the pass ends"),
-        "{err}"
-    );
+    let (out, err) = apply_handed(f.dir.path(), "");
     let passes: i64 = err
         .split("diffing in passes passes=")
         .nth(1)
@@ -542,7 +542,7 @@ async fn an_apply_in_passes_writes_each_pass_as_it_ends_and_converges() {
     let before = pg_count(&url, "SELECT count(*) FROM d WHERE name = 'changed'").await;
     let f = Folder::new();
     f.write("job.toml", &job(&url));
-    let (code, _, err) = recon(&args, f.dir.path());
+    let (code, _, err) = recon(&HANDED, f.dir.path());
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("diffing in passes"), "{err}");
     assert!(!err.contains("written as the pass ends"), "{err}");
@@ -594,22 +594,7 @@ async fn mariadb_and_sqlite_destinations_are_written_pass_by_pass_and_converge()
                 "[source]\nurl = \"{url}\"\ntable = \"s\"\n[destination]\nurl = \"{destination}\"\ntable = \"d\"\n[match]\nk = \"k\"\n[write]\ndeletes = true\n"
             ),
         );
-        let args = [
-            "apply",
-            "job.toml",
-            "-f",
-            "json",
-            "--force",
-            "--memory-limit",
-            "8MB",
-            "-v",
-        ];
-        let (code, out, err) = recon(&args, f.dir.path());
-        assert_eq!(code, 0, "{destination}: {err}");
-        assert!(
-            err.contains("each pass's changes are written as the pass ends"),
-            "{destination}: {err}"
-        );
+        let (out, _) = apply_handed(f.dir.path(), &destination);
         // Missing: every 50th of 200,000; changed: every 40th not missing; extra: 2,000.
         assert_eq!(
             json(&out)["applied"],
@@ -712,15 +697,24 @@ async fn check_says_when_the_match_key_has_no_index() {
     assert!(!run("sqlite://app.db").contains("leads no index"));
 }
 
-/// Rows MariaDB has read by scanning tables, server-wide (`Handler_read_rnd_next`).
+/// Rows MariaDB has read from table `e` of the test's database, by any means
+/// (`information_schema.TABLE_STATISTICS`, counted once `userstat` is on): other tests' work on
+/// the same server does not count.
 async fn mariadb_scanned_rows(url: &str) -> i64 {
     use sqlx::{Connection, Row};
     let mut conn = sqlx::MySqlConnection::connect(url).await.unwrap();
-    let row = sqlx::query("SHOW GLOBAL STATUS LIKE 'Handler_read_rnd_next'")
-        .fetch_one(&mut conn)
+    sqlx::query("SET GLOBAL userstat = 1")
+        .execute(&mut conn)
         .await
         .unwrap();
-    row.get::<String, _>(1).parse().unwrap()
+    let row = sqlx::query(
+        "SELECT CAST(COALESCE(SUM(ROWS_READ), 0) AS SIGNED) FROM information_schema.TABLE_STATISTICS
+          WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'e'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    row.get::<i64, _>(0)
 }
 
 #[tokio::test]
@@ -759,6 +753,9 @@ async fn mariadb_writeback_without_a_key_index_reads_the_table_once() {
     );
     let scanned = mariadb_scanned_rows(&url).await - before;
     // The snapshot read and the key map: two passes. A scan per batch would be 20 passes.
-    assert!(scanned < 5 * 20_000, "{scanned} rows scanned");
+    assert!(
+        (20_000..5 * 20_000).contains(&scanned),
+        "{scanned} rows scanned"
+    );
     assert_plan_empty(f.dir.path(), "job.toml");
 }
