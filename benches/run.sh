@@ -138,8 +138,11 @@ row small "recon plan, memory_limit 256MB" $((2 * ROWS))
 drift=$(echo "$expected" | awk '{print $1 + $2 + $3}')
 row apply "recon apply (the drift)" "$drift"
 row copy "recon plan of that copy" $((2 * ROWS))
-printf '%-34s %8.2f s %12.0f rows/s\n' "  of which writes (apply - plan)" \
-  "$(echo "$(wall apply) - $(wall copy)" | bc -l)" "$(echo "$drift / ($(wall apply) - $(wall copy))" | bc -l)"
+# Paired by round: each apply less the plan of its own copy, then the median of those.
+writes=$(paste -d' ' "$SERVERS_DIR/apply.times" "$SERVERS_DIR/copy.times" | awk '{print $1 - $3}' | median)
+printf '%-34s %8.2f s %12.0f rows/s   (rounds: %s)\n' "  of which writes (apply - plan)" \
+  "$writes" "$(echo "$drift / $writes" | bc -l)" \
+  "$(paste -d' ' "$SERVERS_DIR/apply.times" "$SERVERS_DIR/copy.times" | awk '{printf "%.2f ", $1 - $3}')"
 row load "recon apply into an empty table" "$ROWS"
 [ -n "$DUCKDB" ] && row duckdb "DuckDB postgres_scanner + FULL JOIN" $((2 * ROWS))
 
