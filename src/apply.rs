@@ -53,6 +53,11 @@ pub async fn apply(job: &Job, options: &ApplyOptions, progress: &Progress) -> Re
     let started_at = now();
     let saved = state.get().await?;
     let read = crate::source_read(job, saved.clone())?;
+    let mut run = Run {
+        command: "apply".into(),
+        started_at,
+        ..Run::default()
+    };
     // The diff's output goes to a local spool as it is produced; only the listed changes stay.
     let mut spool = writeback::Spool::for_job(job, options.list)?;
     // With no guard that needs the totals, a diff in passes hands each pass's changes to
@@ -77,36 +82,21 @@ pub async fn apply(job: &Job, options: &ApplyOptions, progress: &Progress) -> Re
             match futures::try_join!(diffed, written) {
                 Ok(done) => done,
                 Err(e) => {
-                    let run = Run {
-                        command: "apply".into(),
-                        started_at,
-                        finished_at: now(),
-                        outcome: "error".into(),
-                        message: Some(e.to_string()),
-                        ..Run::default()
-                    };
-                    let _ = state.record_run_only(&run).await;
+                    let _ = stopped(&mut state, &mut run, "error", &e).await;
                     return Err(e);
                 }
             }
         }
     };
     spool.close()?;
-    let mut run = Run {
-        command: "apply".into(),
-        started_at,
-        source_rows: changeset.summary.source_rows as i64,
-        destination_rows: changeset.summary.destination_rows as i64,
-        planned_insert: changeset.summary.insert as i64,
-        planned_update: changeset.summary.update as i64,
-        planned_delete: changeset.summary.delete as i64,
-        ..Run::default()
-    };
+    let s = &changeset.summary;
+    run.source_rows = s.source_rows as i64;
+    run.destination_rows = s.destination_rows as i64;
+    run.planned_insert = s.insert as i64;
+    run.planned_update = s.update as i64;
+    run.planned_delete = s.delete as i64;
     if let Err(refusal) = guard(job, options, &changeset) {
-        run.outcome = "refused".into();
-        run.finished_at = now();
-        run.message = Some(refusal.to_string());
-        state.record_run_only(&run).await?;
+        stopped(&mut state, &mut run, "refused", &refusal).await?;
         return Err(refusal);
     }
     let written = match handed {
@@ -119,10 +109,7 @@ pub async fn apply(job: &Job, options: &ApplyOptions, progress: &Progress) -> Re
     let outcome = match written {
         Ok(outcome) => outcome,
         Err(e) => {
-            run.outcome = "error".into();
-            run.finished_at = now();
-            run.message = Some(e.to_string());
-            let _ = state.record_run_only(&run).await;
+            let _ = stopped(&mut state, &mut run, "error", &e).await;
             return Err(e);
         }
     };
@@ -232,6 +219,15 @@ fn advance(
         return None;
     }
     Some(watermark::into_state(saved, value))
+}
+
+/// Record `run` as ended before the destination was fully written: `outcome` (`refused` or
+/// `error`), with `why` as its message.
+async fn stopped(state: &mut State, run: &mut Run, outcome: &str, why: &Error) -> Result<()> {
+    run.outcome = outcome.into();
+    run.finished_at = now();
+    run.message = Some(why.to_string());
+    state.record_run_only(run).await.map(|_| ())
 }
 
 /// Whether writes may start before the diff's totals are known: no `max_changes` guard (or
