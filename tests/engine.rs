@@ -300,7 +300,7 @@ async fn sides_dealt_by_key_range_meet_in_the_same_passes_and_converge() {
 async fn a_side_that_fits_is_decoded_whole_and_the_join_builds_on_it_as_it_is() {
     // Analyzed tables that fit the budget: each is decoded into one batch (its statistics count
     // its rows), which the join takes as its build side without cutting or copying it, as
-    // DataFusion's own metrics say (`-vvv`).
+    // the join's metrics say (`-vvv`).
     let url = postgres(
         "held_whole",
         &format!(
@@ -324,6 +324,9 @@ async fn a_side_that_fits_is_decoded_whole_and_the_join_builds_on_it_as_it_is() 
         (err, (count("insert"), count("update"), count("delete")))
     };
     let (err, counts) = plan(&[]);
+    // The comparison's own join (src/diff/join.rs) in place of DataFusion's join and filter.
+    assert!(err.contains("DiffJoinExec: join_type=Full"), "{err}");
+    assert!(!err.contains("HashJoinExec"), "{err}");
     assert!(err.contains("build_input_batches=1,"), "{err}");
     assert!(
         err.contains("build_input_rows=49.50 K"),

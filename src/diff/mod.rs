@@ -4,6 +4,7 @@
 //! user's `diff_query` wrapped by queries/user_diff.sql — read-only, and collect the changeset.
 
 mod bucket;
+mod join;
 mod options;
 mod resolve;
 mod rows;
@@ -361,6 +362,10 @@ pub async fn changeset_with(
         };
         // `-vvv` logs the diff's physical plan with its metrics once it has run.
         let plan = sql(ctx, &query).await?.create_physical_plan().await?;
+        let (plan, in_place) = join::rewrite(plan)?;
+        if pass == 0 {
+            tracing::debug!(in_place, "the diff's join compares matched rows in place");
+        }
         let mut stream = datafusion::physical_plan::execute_stream(plan.clone(), ctx.task_ctx())?;
         if let Output::Spool(spool) = &mut output {
             // Counted (and the first changes listed) as the output is written.
