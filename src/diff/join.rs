@@ -25,10 +25,9 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::{BatchCoalescer, take};
 use datafusion::arrow::datatypes::{
-    ArrowNativeTypeOp, BinaryType, BinaryViewType, ByteArrayType, ByteViewType, DataType,
-    Float16Type, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type,
-    LargeBinaryType, LargeUtf8Type, SchemaRef, StringViewType, UInt8Type, UInt16Type, UInt32Type,
-    Utf8Type,
+    ArrowNativeTypeOp, BinaryType, BinaryViewType, DataType, Float16Type, Float32Type, Float64Type,
+    Int8Type, Int16Type, Int32Type, Int64Type, LargeBinaryType, LargeUtf8Type, SchemaRef,
+    StringViewType, UInt8Type, UInt16Type, UInt32Type, Utf8Type,
 };
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DataFusionError, JoinType, NullEquality, Result};
@@ -613,13 +612,16 @@ impl Probe {
             }
         }
         let mut changed = vec![false; held.len()];
+        let mut pairs = Pairs {
+            held: &held,
+            probe: &rows,
+            changed: &mut changed,
+        };
         for &(l, r) in &self.spec.compared {
             differ(
                 build.batch.column(l).as_ref(),
                 batch.column(r).as_ref(),
-                &held,
-                &rows,
-                &mut changed,
+                &mut pairs,
             )?;
         }
         let mut left = Vec::new();
@@ -699,25 +701,29 @@ impl Probe {
     }
 }
 
-/// Mark the matched pairs whose values in one compared column differ, as DataFusion's `IS
-/// DISTINCT FROM` does (NULL against a value differs, two NULLs do not; primitives by their
-/// native equality; floats by their bits, the two zeros being one value). Pairs already marked are not looked at again.
-fn differ(
-    held: &dyn Array,
-    probe: &dyn Array,
-    at: &[Row],
-    rows: &[u32],
-    changed: &mut [bool],
-) -> Result<()> {
-    fn each<A: Array + ?Sized>(
+/// The matched pairs of one probe batch: each held row, its probe row, and whether some
+/// compared column differs between them yet.
+struct Pairs<'a> {
+    held: &'a [Row],
+    probe: &'a [u32],
+    changed: &'a mut [bool],
+}
+
+impl Pairs<'_> {
+    /// Mark the pairs whose values in `held` and `probe` differ (`eq`: two values are equal);
+    /// pairs already marked are not looked at again.
+    fn mark<A: Array + ?Sized>(
+        &mut self,
         held: &A,
         probe: &A,
-        at: &[Row],
-        rows: &[u32],
-        changed: &mut [bool],
         eq: impl Fn(&A, usize, &A, usize) -> bool,
     ) {
-        for ((r, i), changed) in at.iter().zip(rows).zip(changed.iter_mut()) {
+        let pairs = self
+            .held
+            .iter()
+            .zip(self.probe)
+            .zip(self.changed.iter_mut());
+        for ((r, i), changed) in pairs {
             if *changed {
                 continue;
             }
@@ -729,78 +735,66 @@ fn differ(
             };
         }
     }
+}
+
+/// Mark the matched pairs whose values in one compared column differ, as DataFusion's `IS
+/// DISTINCT FROM` does (NULL against a value differs, two NULLs do not; primitives by their
+/// native equality; floats by their bits, the two zeros being one value).
+fn differ(held: &dyn Array, probe: &dyn Array, pairs: &mut Pairs) -> Result<()> {
     fn raw<N: AsRef<[u8]> + ?Sized>(v: &N) -> &[u8] {
         v.as_ref()
-    }
-    fn bytes<T: ByteArrayType>(
-        held: &dyn Array,
-        probe: &dyn Array,
-        at: &[Row],
-        rows: &[u32],
-        changed: &mut [bool],
-    ) {
-        let (held, probe) = (held.as_bytes::<T>(), probe.as_bytes::<T>());
-        each(held, probe, at, rows, changed, |x, r, p, i| {
-            raw(x.value(r)) == raw(p.value(i))
-        });
-    }
-    fn views<T: ByteViewType>(
-        held: &dyn Array,
-        probe: &dyn Array,
-        at: &[Row],
-        rows: &[u32],
-        changed: &mut [bool],
-    ) {
-        let (held, probe) = (held.as_byte_view::<T>(), probe.as_byte_view::<T>());
-        each(held, probe, at, rows, changed, |x, r, p, i| {
-            raw(x.value(r)) == raw(p.value(i))
-        });
     }
     fn primitive<T: ArrowPrimitiveType>(
         held: &dyn Array,
         probe: &PrimitiveArray<T>,
-        at: &[Row],
-        rows: &[u32],
-        changed: &mut [bool],
+        pairs: &mut Pairs,
     ) {
-        let held = held.as_primitive::<T>();
-        each(held, probe, at, rows, changed, |x, r, p, i| {
+        pairs.mark(held.as_primitive::<T>(), probe, |x, r, p, i| {
             x.values()[r].is_eq(p.values()[i])
         });
+    }
+    // Text and binary, offsets or views (`$as`: the array's accessor): by their bytes.
+    macro_rules! bytes {
+        ($as:ident, $t:ty) => {
+            pairs.mark(held.$as::<$t>(), probe.$as::<$t>(), |x, r, p, i| {
+                raw(x.value(r)) == raw(p.value(i))
+            })
+        };
     }
     // Floats as DataFusion compares them: by their bits, but for the two zeros, which are one
     // value (datafusion_common::utils::normalize_float_zero).
     macro_rules! float {
-        ($t:ty) => {{
-            let (held, probe) = (held.as_primitive::<$t>(), probe.as_primitive::<$t>());
-            each(held, probe, at, rows, changed, |x, r, p, i| {
-                let (a, b) = (x.values()[r].to_bits(), p.values()[i].to_bits());
-                a == b || (a << 1 == 0 && b << 1 == 0)
-            });
-        }};
+        ($t:ty) => {
+            pairs.mark(
+                held.as_primitive::<$t>(),
+                probe.as_primitive::<$t>(),
+                |x, r, p, i| {
+                    let (a, b) = (x.values()[r].to_bits(), p.values()[i].to_bits());
+                    a == b || (a << 1 == 0 && b << 1 == 0)
+                },
+            )
+        };
     }
     match probe.data_type() {
         DataType::Float16 => float!(Float16Type),
         DataType::Float32 => float!(Float32Type),
         DataType::Float64 => float!(Float64Type),
+        DataType::Boolean => pairs.mark(held.as_boolean(), probe.as_boolean(), |x, r, p, i| {
+            x.value(r) == p.value(i)
+        }),
+        DataType::Utf8 => bytes!(as_bytes, Utf8Type),
+        DataType::LargeUtf8 => bytes!(as_bytes, LargeUtf8Type),
+        DataType::Binary => bytes!(as_bytes, BinaryType),
+        DataType::LargeBinary => bytes!(as_bytes, LargeBinaryType),
+        DataType::Utf8View => bytes!(as_byte_view, StringViewType),
+        DataType::BinaryView => bytes!(as_byte_view, BinaryViewType),
         _ => downcast_primitive_array!(
-        probe => primitive(held, probe, at, rows, changed),
-        DataType::Boolean => {
-            each(held.as_boolean(), probe.as_boolean(), at, rows, changed, |x, r, p, i| {
-                x.value(r) == p.value(i)
-            });
-        }
-        DataType::Utf8 => bytes::<Utf8Type>(held, probe, at, rows, changed),
-        DataType::LargeUtf8 => bytes::<LargeUtf8Type>(held, probe, at, rows, changed),
-        DataType::Binary => bytes::<BinaryType>(held, probe, at, rows, changed),
-        DataType::LargeBinary => bytes::<LargeBinaryType>(held, probe, at, rows, changed),
-        DataType::Utf8View => views::<StringViewType>(held, probe, at, rows, changed),
-        DataType::BinaryView => views::<BinaryViewType>(held, probe, at, rows, changed),
-        t => {
-            return Err(DataFusionError::Internal(format!(
-                "the diff's join does not compare {t}"
-            )));
-        }
+            probe => primitive(held, probe, pairs),
+            t => {
+                return Err(DataFusionError::Internal(format!(
+                    "the diff's join does not compare {t}"
+                )));
+            }
         ),
     }
     Ok(())
