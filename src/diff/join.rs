@@ -11,7 +11,8 @@
 //!
 //! [`rewrite`] puts it in place of exactly that shape; any other (a `diff_query`, comparison
 //! options that wrap a column in an expression, a key of another type, a column type not
-//! compared here) keeps DataFusion's join.
+//! compared here) keeps DataFusion's join. Held keys sparse in their range are found out once
+//! the held side is read, and the replaced join runs on it then ([`Build::collect`]).
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
