@@ -435,9 +435,10 @@ impl Build {
                 metrics.memory.add(size);
                 metrics.batches.add(1);
                 metrics.rows.add(batch.num_rows());
-                keys.clear();
+                // Each batch's keys after the last's: the held batch's keys, in its order.
+                let from = keys.len();
                 key_values(batch.column(spec.left_key).as_ref(), &mut keys);
-                for k in keys.iter().flatten() {
+                for k in keys[from..].iter().flatten() {
                     min = min.min(*k);
                     max = max.max(*k);
                     keyed += 1;
@@ -477,8 +478,6 @@ impl Build {
             min,
             slots: vec![NONE; range as usize],
         };
-        keys.clear();
-        key_values(batch.column(spec.left_key).as_ref(), &mut keys);
         for (r, k) in keys.iter().enumerate() {
             let Some(k) = *k else { continue };
             let slot = &mut map.slots[(k - min) as usize];
