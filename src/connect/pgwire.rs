@@ -371,19 +371,35 @@ impl Wire {
         }
     }
 
-    /// Hand each CopyData message's bytes to `each`, in order, up to the end of the COPY; then
-    /// close the session.
-    pub async fn copy_out(mut self, mut each: impl FnMut(&[u8])) -> Result<(), WireError> {
+    /// Hand the CopyData messages to `each`, in order, up to the end of the COPY, all those of
+    /// one read of the socket at once (the buffer, and where each message's bytes are in it);
+    /// then close the session.
+    pub async fn copy_out(
+        mut self,
+        mut each: impl FnMut(&[u8], &[Range<usize>]),
+    ) -> Result<(), WireError> {
         let mut failure = None;
-        'session: loop {
+        let mut frames = Vec::new();
+        loop {
+            let mut done = false;
             while let Some((tag, body)) = self.buffered()? {
                 match tag {
-                    b'd' => each(&self.buf[body]),
+                    b'd' => frames.push(body),
                     b'E' => failure = Some(WireError::Server(server_message(&self.buf[body]))),
-                    b'Z' => break 'session,
+                    b'Z' => {
+                        done = true;
+                        break;
+                    }
                     // CopyDone, CommandComplete, notices.
                     _ => {}
                 }
+            }
+            if !frames.is_empty() {
+                each(&self.buf, &frames);
+                frames.clear();
+            }
+            if done {
+                break;
             }
             self.fill().await?;
         }

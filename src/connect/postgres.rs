@@ -229,11 +229,11 @@ pub async fn snapshot(
     // A decode error is kept, and the rest of the stream read (sqlx: so that the connection
     // leaves COPY mode cleanly) or left (own connection: it is closed).
     let mut failure = None;
-    let mut handle = |chunk: &[u8]| {
+    let mut handle = |data: &[u8], frames: &[std::ops::Range<usize>]| {
         if failure.is_some() {
             return;
         }
-        let staged = decoder.push(chunk).and_then(|done| {
+        let staged = decoder.push_frames(data, frames).and_then(|done| {
             for (bucket, batch) in done {
                 counter.add(batch.num_rows());
                 out.push_in(bucket, batch)
@@ -354,7 +354,7 @@ async fn copy_through_sqlx(
     conn: &mut PgConnection,
     endpoint: &Endpoint,
     copy: &str,
-    handle: &mut impl FnMut(&[u8]),
+    handle: &mut impl FnMut(&[u8], &[std::ops::Range<usize>]),
 ) -> Result<()> {
     let side = endpoint.side;
     let mut stream = conn
@@ -371,7 +371,9 @@ async fn copy_through_sqlx(
                 // Bounded, so that a stream that never waits still lets the runtime run others.
                 for taken in 0..MESSAGES_PER_POLL {
                     match stream.as_mut().poll_next(cx) {
-                        Poll::Ready(Some(Ok(chunk))) => handle(&chunk),
+                        Poll::Ready(Some(Ok(chunk))) => {
+                            handle(&chunk, std::slice::from_ref(&(0..chunk.len())))
+                        }
                         Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
                         Poll::Ready(None) => return Poll::Ready(Ok(true)),
                         Poll::Pending if taken > 0 => return Poll::Ready(Ok(false)),

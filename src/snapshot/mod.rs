@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{
     ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Float32Builder,
-    Float64Builder, Int16Builder, Int32Builder, Int64Builder, NullArray, StringBuilder,
-    Time64MicrosecondBuilder, TimestampMicrosecondBuilder,
+    Float64Builder, Int16Builder, Int32Builder, Int64Builder, NullArray, StringArray,
+    StringBuilder, Time64MicrosecondBuilder, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -36,6 +36,9 @@ pub enum ColumnBuilder {
     /// when every value fits 38 digits, else a 256-bit one (76 digits).
     Decimal(Decimals),
     Text(StringBuilder),
+    /// Text gathered as bytes, its UTF-8 checked once, when the array is built (a decoder's:
+    /// one check per batch rather than one per value).
+    Utf8(BinaryBuilder),
     Binary(BinaryBuilder),
     Date(Date32Builder),
     /// Microseconds since the epoch; `Some(zone)` for zoned timestamps.
@@ -55,7 +58,7 @@ impl ColumnBuilder {
             ColumnBuilder::Float64(b) => b.len(),
             ColumnBuilder::Decimal(v) => v.len(),
             ColumnBuilder::Text(b) => b.len(),
-            ColumnBuilder::Binary(b) => b.len(),
+            ColumnBuilder::Binary(b) | ColumnBuilder::Utf8(b) => b.len(),
             ColumnBuilder::Date(b) => b.len(),
             ColumnBuilder::Timestamp(b, _) => b.len(),
             ColumnBuilder::Time(b) => b.len(),
@@ -78,7 +81,7 @@ impl ColumnBuilder {
             ColumnBuilder::Float64(b) => b.append_null(),
             ColumnBuilder::Decimal(v) => v.push(None),
             ColumnBuilder::Text(b) => b.append_null(),
-            ColumnBuilder::Binary(b) => b.append_null(),
+            ColumnBuilder::Binary(b) | ColumnBuilder::Utf8(b) => b.append_null(),
             ColumnBuilder::Date(b) => b.append_null(),
             ColumnBuilder::Timestamp(b, _) => b.append_null(),
             ColumnBuilder::Time(b) => b.append_null(),
@@ -98,6 +101,12 @@ impl ColumnBuilder {
             ColumnBuilder::Decimal(values) => values.finish()?,
             ColumnBuilder::Text(mut b) => Arc::new(b.finish()),
             ColumnBuilder::Binary(mut b) => Arc::new(b.finish()),
+            ColumnBuilder::Utf8(mut b) => {
+                let (offsets, values, nulls) = b.finish().into_parts();
+                let text = StringArray::try_new(offsets, values, nulls)
+                    .map_err(|e| format!("text that is not UTF-8 ({e})"))?;
+                Arc::new(text)
+            }
             ColumnBuilder::Date(mut b) => Arc::new(b.finish()),
             ColumnBuilder::Timestamp(mut b, zone) => Arc::new(b.finish().with_timezone_opt(zone)),
             ColumnBuilder::Time(mut b) => Arc::new(b.finish()),
