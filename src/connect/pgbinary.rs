@@ -1,6 +1,8 @@
 //! Decoder for PostgreSQL's binary `COPY ... TO STDOUT (FORMAT binary)` stream into Arrow
-//! batches. It is fed chunks as they arrive (a chunk may end anywhere, even inside a field) and
-//! yields a batch every [`BATCH_ROWS`] rows, or, dealing rows to buckets by a key's hash
+//! batches. It is fed chunks as they arrive, or all the messages of one read of the connection
+//! at once ([`Decoder::push_frames`]; a chunk may end anywhere, even inside a field), notes where
+//! each tuple's values lie, decodes them a column at a time, and yields a batch every
+//! [`BATCH_ROWS`] rows, or, dealing rows to buckets by a key's hash
 //! ([`Decoder::deal_by`]), a bucket's rows whenever it has gathered enough. Values are decoded
 //! exactly: `numeric` keeps its digits and scale, timestamps keep microseconds, `uuid` becomes
 //! its canonical text.
