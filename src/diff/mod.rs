@@ -815,7 +815,7 @@ async fn integer_key_counts(ctx: &SessionContext, alias: &str) -> Result<(u64, u
 /// (at most 32 bits a key), else by sorting.
 fn duplicated(mut keys: Vec<i64>) -> u64 {
     let mut bitmap = crate::stage::KeyBitmap::new(16 * keys.len() as u64);
-    if keys.iter().all(|k| bitmap.add(*k)) {
+    if bitmap.add_all(&keys) {
         return bitmap.duplicates;
     }
     keys.sort_unstable();
