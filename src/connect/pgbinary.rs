@@ -144,12 +144,45 @@ fn fixed<'a, T: ArrowPrimitiveType, const N: usize>(
     values: impl Iterator<Item = Option<&'a [u8]>>,
     value: impl Fn([u8; N]) -> Result<T::Native, String>,
 ) -> Result<(), String> {
+    in_runs(
+        values,
+        |v| value(be(v)?),
+        |run| match run {
+            Some(run) => b.append_slice(run),
+            None => b.append_null(),
+        },
+    )
+}
+
+/// Decode `values` with `value`, handing them to `append` a run at a time (`None`: a NULL):
+/// a builder's append then runs once per run of up to 64 values rather than once per value (its
+/// call was not inlined: ~4 % of a 10M plan's samples).
+#[inline(always)]
+fn in_runs<'a, X: Copy + Default>(
+    values: impl Iterator<Item = Option<&'a [u8]>>,
+    value: impl Fn(&'a [u8]) -> Result<X, String>,
+    mut append: impl FnMut(Option<&[X]>),
+) -> Result<(), String> {
+    let mut run = [X::default(); 64];
+    let mut n = 0;
     for v in values {
         match v {
-            None => b.append_null(),
-            Some(v) => b.append_value(value(be(v)?)?),
+            Some(v) => {
+                run[n] = value(v)?;
+                n += 1;
+                if n == run.len() {
+                    append(Some(&run));
+                    n = 0;
+                }
+            }
+            None => {
+                append(Some(&run[..n]));
+                n = 0;
+                append(None);
+            }
         }
     }
+    append(Some(&run[..n]));
     Ok(())
 }
 
@@ -179,14 +212,14 @@ impl Column {
     ) -> Result<(), String> {
         let values = values(data, fields, rows);
         match self {
-            Column::Bool(b) => {
-                for v in values {
-                    match v {
-                        None => b.append_null(),
-                        Some(v) => b.append_value(v.first() == Some(&1)),
-                    }
-                }
-            }
+            Column::Bool(b) => in_runs(
+                values,
+                |v| Ok(v.first() == Some(&1)),
+                |run| match run {
+                    Some(run) => b.append_slice(run),
+                    None => b.append_null(),
+                },
+            )?,
             Column::Int2(b) => fixed(b, values, |v| Ok(i16::from_be_bytes(v)))?,
             Column::Int4(b) => fixed(b, values, |v| Ok(i32::from_be_bytes(v)))?,
             Column::Int8(b) => fixed(b, values, |v| Ok(i64::from_be_bytes(v)))?,
@@ -198,19 +231,38 @@ impl Column {
                 fixed(b, values, |v| timestamp(i64::from_be_bytes(v)))?
             }
             Column::Time(b) => fixed(b, values, |v| Ok(i64::from_be_bytes(v)))?,
+            // Runs of values of one scale (a column's declared scale, usually) go in at once.
             Column::Numeric(d) => {
+                let (mut run, mut n, mut run_scale) = ([0i128; 64], 0, 0);
                 for v in values {
-                    match v {
-                        None => d.push(None),
-                        Some(v) => match numeric_short(v) {
-                            Some((mantissa, scale)) => d.push_i128(mantissa, scale),
-                            None => match numeric_128(v)? {
-                                Some((mantissa, scale)) => d.push_i128(mantissa, scale),
-                                None => d.push(Some(numeric(v)?)),
-                            },
+                    let short = v.map(|v| (v, numeric_short(v)));
+                    let (mantissa, scale) = match short {
+                        Some((_, Some(short))) => short,
+                        Some((v, None)) => match numeric_128(v)? {
+                            Some(narrow) => narrow,
+                            None => {
+                                d.push_run(&run[..n], run_scale);
+                                n = 0;
+                                d.push(Some(numeric(v)?));
+                                continue;
+                            }
                         },
+                        None => {
+                            d.push_run(&run[..n], run_scale);
+                            n = 0;
+                            d.push(None);
+                            continue;
+                        }
+                    };
+                    if scale != run_scale || n == run.len() {
+                        d.push_run(&run[..n], run_scale);
+                        n = 0;
+                        run_scale = scale;
                     }
+                    run[n] = mantissa;
+                    n += 1;
                 }
+                d.push_run(&run[..n], run_scale);
             }
             Column::Text(b) | Column::Bytea(b) => bytes(b, values, |v| v),
             // Trailing spaces are `char(n)`'s padding (a space is never part of a longer

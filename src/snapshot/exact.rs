@@ -63,6 +63,24 @@ impl Decimals {
         }
     }
 
+    /// Mantissas that share one scale, as [`Decimals::push_i128`] would push each: at once
+    /// while they all fit the narrow form (a decoder's run of values).
+    pub fn push_run(&mut self, mantissas: &[i128], scale: u32) {
+        let fits = self.wide.is_none()
+            && scale <= DIGITS_128
+            && self.scale.is_none_or(|s| s == scale)
+            && mantissas.iter().all(|m| m.unsigned_abs() < LIMIT_128);
+        match fits {
+            true if !mantissas.is_empty() => {
+                self.scale = Some(scale);
+                self.narrow.extend_from_slice(mantissas);
+                self.valid.append_n(mantissas.len(), true);
+            }
+            true => {}
+            false => mantissas.iter().for_each(|m| self.push_i128(*m, scale)),
+        }
+    }
+
     pub fn push(&mut self, value: Option<(i256, u32)>) {
         match value {
             None if self.wide.is_none() => {
@@ -451,6 +469,7 @@ mod tests {
             vec![d(1050, 2), None, d(-7, 2)],
             vec![None, None],
             vec![d(105, 1), None, d(1250, 2)],
+            vec![d(105, 1), d(7, 1), d(1250, 2), d(3, 2), d(4, 0)],
             vec![d(5, 1), Some((big, 0)), None],
             vec![
                 d(99_999_999_999_999_999_999_999_999_999_999_999_999, 0),
@@ -473,6 +492,26 @@ mod tests {
             assert_eq!(read.len(), values.len());
             assert_eq!(&read.finish().unwrap(), &expected, "{values:?}");
             assert_eq!(&Decimals::from(values.clone()).finish().unwrap(), &expected);
+            // Runs of one scale pushed at once, as a decoder pushes them.
+            let mut runs = Decimals::with_capacity(0);
+            let (mut run, mut run_scale) = (Vec::new(), 0);
+            for value in &values {
+                match value {
+                    Some((m, s)) if m.to_i128().is_some() => {
+                        if *s != run_scale {
+                            runs.push_run(&std::mem::take(&mut run), run_scale);
+                            run_scale = *s;
+                        }
+                        run.push(m.as_i128());
+                    }
+                    other => {
+                        runs.push_run(&std::mem::take(&mut run), run_scale);
+                        runs.push(*other);
+                    }
+                }
+            }
+            runs.push_run(&run, run_scale);
+            assert_eq!(&runs.finish().unwrap(), &expected, "runs of {values:?}");
         }
     }
 
