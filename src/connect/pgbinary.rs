@@ -349,7 +349,7 @@ struct Tape {
     /// Per tuple, its bucket (rows dealt to buckets).
     buckets: Vec<u32>,
     rows: usize,
-    /// The tuples' order by bucket, and where each bucket's begin in it (reused).
+    /// The tuples' order by bucket, and where each bucket's rows end in it (reused).
     order: Vec<u32>,
     starts: Vec<usize>,
 }
@@ -679,14 +679,18 @@ impl Decoder {
         }
         order.clear();
         order.resize(n, 0);
-        let mut next = starts.clone();
+        // Each bucket's start serves as its cursor: placed, it is where the next bucket starts.
         for (row, b) in self.tape.buckets[..n].iter().enumerate() {
-            order[next[*b as usize]] = row as u32;
-            next[*b as usize] += 1;
+            order[starts[*b as usize]] = row as u32;
+            starts[*b as usize] += 1;
         }
         let mut result = Ok(());
         'buckets: for b in 0..buckets {
-            let mut rows = &order[starts[b]..starts[b + 1]];
+            let from = match b {
+                0 => 0,
+                _ => starts[b - 1],
+            };
+            let mut rows = &order[from..starts[b]];
             while !rows.is_empty() {
                 let Some(deal) = self.deal.as_mut() else {
                     break 'buckets;
