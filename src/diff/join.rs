@@ -22,7 +22,7 @@ use datafusion::arrow::array::{
     Array, ArrowPrimitiveType, AsArray, PrimitiveArray, RecordBatch, UInt32Array,
     downcast_primitive_array, new_null_array,
 };
-use datafusion::arrow::compute::{BatchCoalescer, take};
+use datafusion::arrow::compute::{BatchCoalescer, interleave, take};
 use datafusion::arrow::datatypes::{
     ArrowNativeTypeOp, BinaryType, BinaryViewType, DataType, Float16Type, Float32Type, Float64Type,
     Int8Type, Int16Type, Int32Type, Int64Type, LargeBinaryType, LargeUtf8Type, SchemaRef,
@@ -339,9 +339,12 @@ impl ExecutionPlan for DiffJoinExec {
     }
 }
 
-/// A held row: its place in the held batch.
+/// A held row: its batch's place among the held batches, shifted left by [`Build::shift`], then
+/// its place in that batch.
 type Row = u32;
 const NONE: Row = u32::MAX;
+/// Held batches longer than this are held as slices of it (slicing copies nothing).
+const MOST_ROWS_BITS: u32 = 16;
 
 /// Key → held row: an array over the keys' range (the held keys are dense in it, as passes by
 /// key range hold them; sparse ones leave the join to DataFusion, see [`Build::collect`]).
@@ -362,13 +365,75 @@ impl KeyMap {
     }
 }
 
-/// The held side, in one batch (as DataFusion's join holds it: a row is one index, and the
-/// rows kept are taken at once), and the key map.
+/// The held side, in the batches it was read in (not concatenated into one, as DataFusion's
+/// join holds it: that copy was a tenth of the passes' time at 10M rows, on the one thread that
+/// builds), and the key map.
 #[derive(Debug)]
 struct Build {
-    batch: RecordBatch,
+    batches: Vec<RecordBatch>,
+    /// A row's batch is `row >> shift`, its place in it `row & (1 << shift) - 1`.
+    shift: u32,
+    /// Each column as one row of NULLs, taken for the probe rows no held row matches.
+    nulls: Vec<datafusion::arrow::array::ArrayRef>,
     map: KeyMap,
     _reservation: MemoryReservation,
+}
+
+impl Build {
+    fn at(&self, row: Row) -> (usize, usize) {
+        (
+            (row >> self.shift) as usize,
+            (row & ((1 << self.shift) - 1)) as usize,
+        )
+    }
+
+    /// Column `c` of the held batches `batches`.
+    fn column(&self, c: usize, batches: std::ops::RangeInclusive<usize>) -> Vec<&dyn Array> {
+        let held = self.batches[batches].iter();
+        held.map(|b| b.column(c).as_ref()).collect()
+    }
+
+    /// The held rows at `rows` (a batch and a place in it; the batch after the last: NULLs).
+    /// Only the batches they are in are handed to `interleave` (which looks at each array it
+    /// is given), and rows of one batch are taken from it.
+    fn take(&self, rows: &[(usize, usize)]) -> Result<Vec<datafusion::arrow::array::ArrayRef>> {
+        let mut local = vec![usize::MAX; self.batches.len() + 1];
+        let mut used = Vec::new();
+        let rows: Vec<(usize, usize)> = rows
+            .iter()
+            .map(|&(b, r)| {
+                if local[b] == usize::MAX {
+                    local[b] = used.len();
+                    used.push(b);
+                }
+                (local[b], r)
+            })
+            .collect();
+        let array = |b: usize, c: usize| match self.batches.get(b) {
+            Some(batch) => batch.column(c).as_ref(),
+            None => self.nulls[c].as_ref(),
+        };
+        let one = match used[..] {
+            [b] if b < self.batches.len() => Some(UInt32Array::from_iter_values(
+                rows.iter().map(|(_, r)| *r as u32),
+            )),
+            _ => None,
+        };
+        (0..self.nulls.len())
+            .map(|c| match &one {
+                Some(places) => Ok(take(array(used[0], c), places, None)?),
+                None => {
+                    let values: Vec<&dyn Array> = used.iter().map(|b| array(*b, c)).collect();
+                    Ok(interleave(&values, &rows)?)
+                }
+            })
+            .collect()
+    }
+
+    /// How many bits a bitmap over the held rows' numbers takes.
+    fn span(&self) -> usize {
+        self.batches.len() << self.shift
+    }
 }
 
 /// The held side as the probe partitions find it: built here, or left to DataFusion's join.
@@ -462,15 +527,24 @@ impl Build {
                 &replaced, held, right,
             )?));
         }
-        let batch = match batches.len() {
-            1 => batches.swap_remove(0),
-            _ => datafusion::arrow::compute::concat_batches(&schema, &batches)?,
-        };
-        drop(batches);
-        if batch.num_rows() >= NONE as usize {
+        // Batches as read; a longer one in slices of 2^16 rows.
+        let most = 1usize << MOST_ROWS_BITS;
+        let batches: Vec<RecordBatch> = batches
+            .into_iter()
+            .flat_map(|b| {
+                let rows = b.num_rows();
+                (0..rows)
+                    .step_by(most)
+                    .map(move |at| b.slice(at, most.min(rows - at)))
+            })
+            .collect();
+        let longest = batches.iter().map(|b| b.num_rows()).max().unwrap_or(1);
+        let shift = longest.next_power_of_two().trailing_zeros();
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        if (batches.len() as u64) << shift >= NONE as u64 {
             return Err(DataFusionError::ResourcesExhausted(format!(
-                "the diff's held side has {} rows, more than one pass can hold",
-                batch.num_rows()
+                "the diff's held side has {rows} rows in {} batches, more than one pass can hold",
+                batches.len()
             )));
         }
         reservation.try_grow(range as usize * size_of::<Row>())?;
@@ -478,20 +552,30 @@ impl Build {
             min,
             slots: vec![NONE; range as usize],
         };
-        for (r, k) in keys.iter().enumerate() {
-            let Some(k) = *k else { continue };
-            let slot = &mut map.slots[(k - min) as usize];
-            // The key checks ran before the diff: a key held twice means they were skipped.
-            if *slot != NONE {
-                return Err(DataFusionError::Internal(format!(
-                    "the key {k} is held twice in the diff's join"
-                )));
+        let mut keys = keys.iter();
+        for (b, batch) in batches.iter().enumerate() {
+            for (r, k) in keys.by_ref().take(batch.num_rows()).enumerate() {
+                let Some(k) = *k else { continue };
+                let slot = &mut map.slots[(k - min) as usize];
+                // The key checks ran before the diff: a key held twice means they were skipped.
+                if *slot != NONE {
+                    return Err(DataFusionError::Internal(format!(
+                        "the key {k} is held twice in the diff's join"
+                    )));
+                }
+                *slot = ((b << shift) | r) as Row;
             }
-            *slot = r as Row;
         }
+        let nulls = schema
+            .fields()
+            .iter()
+            .map(|f| new_null_array(f.data_type(), 1))
+            .collect();
         metrics.time.add_elapsed(started);
         Ok(Held::Here(Build {
-            batch,
+            batches,
+            shift,
+            nulls,
             map,
             _reservation: reservation,
         }))
@@ -588,7 +672,7 @@ impl Probe {
                 .map_err(|e| DataFusionError::Shared(e.clone()))?;
             let input = match held.as_ref() {
                 Held::Here(build) => {
-                    self.visited = vec![0; build.batch.num_rows().div_ceil(64)];
+                    self.visited = vec![0; build.span().div_ceil(64)];
                     self.right.execute(self.partition, self.context.clone())?
                 }
                 Held::DataFusion(plan) => plan.execute(self.partition, self.context.clone())?,
@@ -661,38 +745,42 @@ impl Probe {
             }
         }
         let mut changed = vec![false; held.len()];
+        // The held batches the pairs are in (a few, when both sides are in key order).
+        let (first, last) = held.iter().fold((usize::MAX, 0), |(lo, hi), g| {
+            let b = (*g >> build.shift) as usize;
+            (lo.min(b), hi.max(b))
+        });
         let mut pairs = Pairs {
             held: &held,
+            shift: build.shift,
+            first: first.min(last),
             probe: &rows,
             changed: &mut changed,
         };
-        for &(l, r) in &self.spec.compared {
-            differ(
-                build.batch.column(l).as_ref(),
-                batch.column(r).as_ref(),
-                &mut pairs,
-            )?;
+        if !held.is_empty() {
+            for &(l, r) in &self.spec.compared {
+                let column = build.column(l, first..=last);
+                differ(&column, batch.column(r).as_ref(), &mut pairs)?;
+            }
         }
         let mut left = Vec::new();
         let mut right = Vec::new();
         for ((at, row), changed) in held.iter().zip(&rows).zip(&changed) {
             if *changed {
-                left.push(Some(*at));
+                left.push(build.at(*at));
                 right.push(*row);
             }
         }
         for row in unmatched {
-            left.push(None);
+            left.push((build.batches.len(), 0));
             right.push(row);
         }
         if left.is_empty() {
             return Ok(());
         }
-        let (left, right) = (UInt32Array::from(left), UInt32Array::from(right));
-        let mut columns = Vec::with_capacity(self.spec.schema.fields().len());
-        for column in build.batch.columns() {
-            columns.push(take(column.as_ref(), &left, None)?);
-        }
+        let right = UInt32Array::from(right);
+        let mut columns = build.take(&left)?;
+        columns.reserve(batch.num_columns());
         for column in batch.columns() {
             columns.push(take(column.as_ref(), &right, None)?);
         }
@@ -726,23 +814,25 @@ impl Probe {
         if !matches!(self.spec.join_type, JoinType::Full | JoinType::Left) {
             return Ok(());
         }
-        let width = build.batch.num_columns();
-        let unmatched = (0..build.batch.num_rows() as u32).filter(|g| {
-            all.get(*g as usize / 64)
-                .is_none_or(|w| w & (1 << (g % 64)) == 0)
-        });
+        let width = build.nulls.len();
+        let unmatched = build
+            .batches
+            .iter()
+            .enumerate()
+            .flat_map(|(b, batch)| (0..batch.num_rows()).map(move |r| (b, r)));
+        let mut unmatched = unmatched
+            .filter(|(b, r)| {
+                let g = (b << build.shift) | r;
+                all.get(g / 64).is_none_or(|w| w & (1 << (g % 64)) == 0)
+            })
+            .peekable();
         let mut left = Vec::with_capacity(self.batch_size);
-        let mut unmatched = unmatched.peekable();
         while unmatched.peek().is_some() {
             left.clear();
             left.extend(unmatched.by_ref().take(self.batch_size));
-            let indices = UInt32Array::from(std::mem::take(&mut left));
-            let mut columns = Vec::with_capacity(self.spec.schema.fields().len());
-            for column in build.batch.columns() {
-                columns.push(take(column.as_ref(), &indices, None)?);
-            }
+            let mut columns = build.take(&left)?;
             for field in self.spec.schema.fields().iter().skip(width) {
-                columns.push(new_null_array(field.data_type(), indices.len()));
+                columns.push(new_null_array(field.data_type(), left.len()));
             }
             let out = RecordBatch::try_new(self.spec.schema.clone(), columns)?;
             self.coalescer.push_batch(out)?;
@@ -755,16 +845,38 @@ impl Probe {
 /// compared column differs between them yet.
 struct Pairs<'a> {
     held: &'a [Row],
+    /// [`Build::shift`].
+    shift: u32,
+    /// The first held batch a pair is in: the held columns start there.
+    first: usize,
     probe: &'a [u32],
     changed: &'a mut [bool],
 }
 
 impl Pairs<'_> {
-    /// Mark the pairs whose values in `held` and `probe` differ (`eq`: two values are equal);
-    /// pairs already marked are not looked at again.
+    /// Mark the pairs whose values in `held` (a column of the held batches from
+    /// [`Pairs::first`]) and `probe` differ (`eq`: two values are equal); pairs already marked
+    /// are not looked at again.
     fn mark<A: Array + ?Sized>(
         &mut self,
-        held: &A,
+        held: &[&A],
+        probe: &A,
+        eq: impl Fn(&A, usize, &A, usize) -> bool,
+    ) {
+        // All pairs in one held batch (the usual case in key order): its array found once.
+        match held {
+            [one] => self.mark_in(|_| *one, probe, eq),
+            _ => {
+                let first = self.first;
+                self.mark_in(|b| held[b - first], probe, eq)
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn mark_in<'h, A: Array + ?Sized + 'h>(
+        &mut self,
+        held: impl Fn(usize) -> &'h A,
         probe: &A,
         eq: impl Fn(&A, usize, &A, usize) -> bool,
     ) {
@@ -773,11 +885,13 @@ impl Pairs<'_> {
             .iter()
             .zip(self.probe)
             .zip(self.changed.iter_mut());
+        let (shift, mask) = (self.shift, (1usize << self.shift) - 1);
         for ((r, i), changed) in pairs {
             if *changed {
                 continue;
             }
-            let (r, i) = (*r as usize, *i as usize);
+            let held = held(*r as usize >> shift);
+            let (r, i) = (*r as usize & mask, *i as usize);
             *changed = match (held.is_valid(r), probe.is_valid(i)) {
                 (true, true) => !eq(held, r, probe, i),
                 (false, false) => false,
@@ -790,23 +904,30 @@ impl Pairs<'_> {
 /// Mark the matched pairs whose values in one compared column differ, as DataFusion's `IS
 /// DISTINCT FROM` does (NULL against a value differs, two NULLs do not; primitives by their
 /// native equality; floats by their bits, the two zeros being one value).
-fn differ(held: &dyn Array, probe: &dyn Array, pairs: &mut Pairs) -> Result<()> {
+fn differ(held: &[&dyn Array], probe: &dyn Array, pairs: &mut Pairs) -> Result<()> {
     fn raw<N: AsRef<[u8]> + ?Sized>(v: &N) -> &[u8] {
         v.as_ref()
     }
     fn primitive<T: ArrowPrimitiveType>(
-        held: &dyn Array,
+        held: &[&dyn Array],
         probe: &PrimitiveArray<T>,
         pairs: &mut Pairs,
     ) {
-        pairs.mark(held.as_primitive::<T>(), probe, |x, r, p, i| {
+        let held: Vec<&PrimitiveArray<T>> = held.iter().map(|a| a.as_primitive::<T>()).collect();
+        pairs.mark(&held, probe, |x, r, p, i| {
             x.values()[r].is_eq(p.values()[i])
         });
     }
-    // Text and binary, offsets or views (`$as`: the array's accessor): by their bytes.
+    // Each held batch's column as the probe column's type (`$as`: the array's accessor).
+    macro_rules! typed {
+        ($as:ident $(, $t:ty)?) => {
+            held.iter().map(|a| a.$as$(::<$t>)?()).collect::<Vec<_>>()
+        };
+    }
+    // Text and binary, offsets or views: by their bytes.
     macro_rules! bytes {
         ($as:ident, $t:ty) => {
-            pairs.mark(held.$as::<$t>(), probe.$as::<$t>(), |x, r, p, i| {
+            pairs.mark(&typed!($as, $t), probe.$as::<$t>(), |x, r, p, i| {
                 raw(x.value(r)) == raw(p.value(i))
             })
         };
@@ -816,7 +937,7 @@ fn differ(held: &dyn Array, probe: &dyn Array, pairs: &mut Pairs) -> Result<()> 
     macro_rules! float {
         ($t:ty) => {
             pairs.mark(
-                held.as_primitive::<$t>(),
+                &typed!(as_primitive, $t),
                 probe.as_primitive::<$t>(),
                 |x, r, p, i| {
                     let (a, b) = (x.values()[r].to_bits(), p.values()[i].to_bits());
@@ -829,8 +950,8 @@ fn differ(held: &dyn Array, probe: &dyn Array, pairs: &mut Pairs) -> Result<()> 
         DataType::Float16 => float!(Float16Type),
         DataType::Float32 => float!(Float32Type),
         DataType::Float64 => float!(Float64Type),
-        DataType::Boolean => pairs.mark(held.as_boolean(), probe.as_boolean(), |x, r, p, i| {
-            x.value(r) == p.value(i)
+        DataType::Boolean => pairs.mark(&typed!(as_boolean), probe.as_boolean(), |x, r, p, i| {
+            x.values().value(r) == p.values().value(i)
         }),
         DataType::Utf8 => bytes!(as_bytes, Utf8Type),
         DataType::LargeUtf8 => bytes!(as_bytes, LargeUtf8Type),
@@ -969,15 +1090,34 @@ mod tests {
         ]))
     }
 
+    /// The held side in batches of uneven lengths (so that a held row's batch and place in it
+    /// are not its place among all held rows), the probed side in batches of 300.
     fn context(held: RecordBatch, probed: RecordBatch) -> SessionContext {
+        context_cut(held, probed, &[300, 1, 700, 64], 512)
+    }
+
+    /// The held side in one partition, cut in batches of `cuts` rows (in turn; a scan splits
+    /// them further to the `batch_size`), the probed side in two, in batches of 300 rows.
+    fn context_cut(
+        held: RecordBatch,
+        probed: RecordBatch,
+        cuts: &[usize],
+        batch_size: usize,
+    ) -> SessionContext {
         let mut config = SessionConfig::new()
             .with_target_partitions(2)
-            .with_batch_size(512);
+            .with_batch_size(batch_size);
         config.options_mut().optimizer.repartition_joins = false;
         // The held side stays the left one, as recon places it (queries/diff.sql).
         config.options_mut().optimizer.join_reordering = false;
         let ctx = SessionContext::new_with_config(config);
-        // The held side in one partition, the probed side in two, in batches of 300 rows.
+        let mut cut = Vec::new();
+        let (mut at, mut next) = (0, cuts.iter().cycle());
+        while at < held.num_rows() {
+            let n = (*next.next().unwrap()).min(held.num_rows() - at);
+            cut.push(held.slice(at, n));
+            at += n;
+        }
         let slices = |b: &RecordBatch| -> Vec<RecordBatch> {
             (0..b.num_rows())
                 .step_by(300)
@@ -996,7 +1136,7 @@ mod tests {
         ];
         ctx.register_table(
             "d",
-            Arc::new(MemTable::try_new(schema(), vec![slices(&held)]).unwrap()),
+            Arc::new(MemTable::try_new(schema(), vec![cut]).unwrap()),
         )
         .unwrap();
         ctx.register_table("s", Arc::new(MemTable::try_new(schema(), parts).unwrap()))
@@ -1108,6 +1248,24 @@ mod tests {
                     ours.len()
                 );
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_held_batch_longer_than_a_slice_is_held_in_slices() {
+        // One held batch of 70,000 rows (slices of 65,536 and 4,464), and batches of 20,000
+        // after it: the longest decides how rows are numbered.
+        let query = format!(
+            "SELECT d.*, s.* FROM d FULL JOIN s ON s.k = d.k \
+             WHERE s.p IS NULL OR d.p IS NULL OR {COMPARED}"
+        );
+        for cuts in [&[usize::MAX][..], &[70_000, 20_000]] {
+            let (held, probed) = (side(100_000, 1, 7, 10), side(100_500, 1, 13, 5));
+            let ctx = context_cut(held, probed, cuts, 1 << 17);
+            let (theirs, ours, replaced) = both(&ctx, &query).await;
+            assert!(replaced);
+            assert!(theirs == ours, "{cuts:?}: {}", differing(&theirs, &ours));
+            assert!(ours.len() > 5_000, "{cuts:?}: {} rows", ours.len());
         }
     }
 
