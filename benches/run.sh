@@ -6,7 +6,10 @@
 #   plan    recon plan --format json --limit 0
 #   apply   recon apply of the drift into a fresh copy of the destination (vacuumed, as the
 #           destination the plan reads is settled by earlier reads), after a plan of that copy;
-#           the writes' share is the apply's time less that plan's
+#           the writes' share is what the apply takes after its last side is read less what
+#           that plan takes after its own (the writes overlap only the passes after the read;
+#           the read, most of both runs' time, is where this machine's pace strays), and,
+#           printed beside it, the apply's whole time less that plan's
 #   duckdb  DuckDB's postgres_scanner + FULL JOIN counting the same drift (when installed:
 #           pip install duckdb==1.4.4 duckdb-ext-postgres==1.4.4.20260205)
 # then one plan under memory_limit = 256MB and one initial load (apply into an empty table), and prints the median wall time, rows/s, peak RSS and
@@ -66,13 +69,21 @@ settle() {
   sync
 }
 
-# measure NAME COMMAND…: wall seconds and peak RSS (KiB) appended to $SERVERS_DIR/NAME.times
+# measure NAME COMMAND…: wall seconds and peak RSS (KiB) appended to $SERVERS_DIR/NAME.times;
+# for a recon command run with -v, also the seconds from its last "snapshot read" log line to
+# its end, appended to $SERVERS_DIR/NAME.after
 measure() {
   local name=$1; shift
   settle
   /usr/bin/time -f "%e %M" -o "$SERVERS_DIR/t" "$@" >"$SERVERS_DIR/$name.out" 2>"$SERVERS_DIR/$name.err" \
     || { cat "$SERVERS_DIR/$name.err" >&2; exit 1; }
+  local ended last_read
+  ended=$(date +%s.%N)
   cat "$SERVERS_DIR/t" >> "$SERVERS_DIR/$name.times"
+  last_read=$( (grep 'snapshot read' "$SERVERS_DIR/$name.err" || true) | tail -1 | cut -d' ' -f1)
+  if [ -n "$last_read" ]; then
+    echo "$ended - $(date -d "$last_read" +%s.%N)" | bc -l >> "$SERVERS_DIR/$name.after"
+  fi
 }
 
 floor() {
@@ -110,9 +121,9 @@ for round in $(seq 1 $ROUNDS); do
   job apply dst_apply
   # The writes' share: the apply against a plan of the same copy timed just before it (the same
   # table in the same minute: this machine's pace drifts by more than the writes take).
-  measure copy "$RECON" plan "$SERVERS_DIR/apply.toml" --format json --limit 0 --no-progress
+  measure copy "$RECON" plan "$SERVERS_DIR/apply.toml" --format json --limit 0 --no-progress -v
   rm -rf "$SERVERS_DIR/.recon"
-  measure apply "$RECON" apply "$SERVERS_DIR/apply.toml" --format json --limit 0 --force --no-progress
+  measure apply "$RECON" apply "$SERVERS_DIR/apply.toml" --format json --limit 0 --force --no-progress -v
   [ -n "$DUCKDB" ] && measure duckdb python3 "$SERVERS_DIR/peer.py"
 done
 measure small "$RECON" plan "$SERVERS_DIR/small.toml" --format json --limit 0 --no-progress
@@ -138,11 +149,17 @@ row small "recon plan, memory_limit 256MB" $((2 * ROWS))
 drift=$(echo "$expected" | awk '{print $1 + $2 + $3}')
 row apply "recon apply (the drift)" "$drift"
 row copy "recon plan of that copy" $((2 * ROWS))
-# Paired by round: each apply less the plan of its own copy, then the median of those.
-writes=$(paste -d' ' "$SERVERS_DIR/apply.times" "$SERVERS_DIR/copy.times" | awk '{print $1 - $3}' | median)
-printf '%-34s %8.2f s %12.0f rows/s   (rounds: %s)\n' "  of which writes (apply - plan)" \
-  "$writes" "$(echo "$drift / $writes" | bc -l)" \
-  "$(paste -d' ' "$SERVERS_DIR/apply.times" "$SERVERS_DIR/copy.times" | awk '{printf "%.2f ", $1 - $3}')"
+# Paired by round: each apply less the plan of its own copy, then the median of those; first
+# counted from each one's last read (what the writes add), then over the whole run.
+writes() { # writes LABEL FIELD_OF_APPLY FIELD_OF_COPY FILE_OF_APPLY FILE_OF_COPY
+  local w
+  w=$(paste -d' ' "$4" "$5" | awk -v a="$2" -v c="$3" '{print $a - $c}' | median)
+  printf '%-34s %8.2f s %12.0f rows/s   (rounds: %s)\n' "$1" \
+    "$w" "$(echo "$drift / $w" | bc -l)" \
+    "$(paste -d' ' "$4" "$5" | awk -v a="$2" -v c="$3" '{printf "%.2f ", $a - $c}')"
+}
+writes "  of which writes (after the read)" 1 2 "$SERVERS_DIR/apply.after" "$SERVERS_DIR/copy.after"
+writes "  (apply - plan, whole runs)" 1 3 "$SERVERS_DIR/apply.times" "$SERVERS_DIR/copy.times"
 row load "recon apply into an empty table" "$ROWS"
 [ -n "$DUCKDB" ] && row duckdb "DuckDB postgres_scanner + FULL JOIN" $((2 * ROWS))
 
