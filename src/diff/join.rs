@@ -343,7 +343,7 @@ impl ExecutionPlan for DiffJoinExec {
 /// its place in that batch.
 type Row = u32;
 const NONE: Row = u32::MAX;
-/// Held batches longer than this are held as slices of it (slicing copies nothing).
+/// Held batches are held as slices of at most 2^16 rows (slicing copies nothing).
 const MOST_ROWS_BITS: u32 = 16;
 
 /// Key → held row: an array over the keys' range (the held keys are dense in it, as passes by
@@ -527,8 +527,17 @@ impl Build {
                 &replaced, held, right,
             )?));
         }
-        // Batches as read; a longer one in slices of 2^16 rows.
-        let most = 1usize << MOST_ROWS_BITS;
+        // Batches as read, those longer than the power of two at or above their mean length
+        // (at most 2^16) in slices of it: a row's number then fits the held rows thrice over,
+        // whatever the lengths (one long batch among many short ones would otherwise space every
+        // batch's numbers as widely as its own).
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        let mean = rows.div_ceil(batches.len().max(1)).max(1);
+        let shift = mean
+            .next_power_of_two()
+            .trailing_zeros()
+            .min(MOST_ROWS_BITS);
+        let most = 1usize << shift;
         let batches: Vec<RecordBatch> = batches
             .into_iter()
             .flat_map(|b| {
@@ -538,9 +547,6 @@ impl Build {
                     .map(move |at| b.slice(at, most.min(rows - at)))
             })
             .collect();
-        let longest = batches.iter().map(|b| b.num_rows()).max().unwrap_or(1);
-        let shift = longest.next_power_of_two().trailing_zeros();
-        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
         if (batches.len() as u64) << shift >= NONE as u64 {
             return Err(DataFusionError::ResourcesExhausted(format!(
                 "the diff's held side has {rows} rows in {} batches, more than one pass can hold",
@@ -1253,13 +1259,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_held_batch_longer_than_a_slice_is_held_in_slices() {
-        // One held batch of 70,000 rows (slices of 65,536 and 4,464), and batches of 20,000
-        // after it: the longest decides how rows are numbered.
+        // One held batch of ~90,000 rows (slices of 65,536 and the rest); batches of 70,000 and
+        // 20,000; and one of 20,000 before ~10,000 of 7 rows, held in slices of 16 (so that its
+        // rows are numbered as closely as the short batches').
         let query = format!(
             "SELECT d.*, s.* FROM d FULL JOIN s ON s.k = d.k \
              WHERE s.p IS NULL OR d.p IS NULL OR {COMPARED}"
         );
-        for cuts in [&[usize::MAX][..], &[70_000, 20_000]] {
+        let long_then_short: Vec<usize> = [20_000].into_iter().chain([7; 10_000]).collect();
+        for cuts in [&[usize::MAX][..], &[70_000, 20_000], &long_then_short] {
             let (held, probed) = (side(100_000, 1, 7, 10), side(100_500, 1, 13, 5));
             let ctx = context_cut(held, probed, cuts, 1 << 17);
             let (theirs, ours, replaced) = both(&ctx, &query).await;
