@@ -752,18 +752,20 @@ impl Probe {
         }
         let mut changed = vec![false; held.len()];
         // The held batches the pairs are in (a few, when both sides are in key order).
-        let (first, last) = held.iter().fold((usize::MAX, 0), |(lo, hi), g| {
-            let b = (*g >> build.shift) as usize;
-            (lo.min(b), hi.max(b))
-        });
-        let mut pairs = Pairs {
-            held: &held,
-            shift: build.shift,
-            first: first.min(last),
-            probe: &rows,
-            changed: &mut changed,
-        };
-        if !held.is_empty() {
+        let batch_of = |g: &Row| (*g >> build.shift) as usize;
+        let spanned = held
+            .iter()
+            .map(batch_of)
+            .min()
+            .zip(held.iter().map(batch_of).max());
+        if let Some((first, last)) = spanned {
+            let mut pairs = Pairs {
+                held: &held,
+                shift: build.shift,
+                first,
+                probe: &rows,
+                changed: &mut changed,
+            };
             for &(l, r) in &self.spec.compared {
                 let column = build.column(l, first..=last);
                 differ(&column, batch.column(r).as_ref(), &mut pairs)?;
