@@ -49,15 +49,126 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 
 /// Replace each filtered join of the comparison's shape in `plan` with a [`DiffJoinExec`];
-/// `true` when one was.
+/// `true` when one was. Every hash join that holds its left side whole and probes it from
+/// several partitions has its probe side spread over the threads first ([`SpreadExec`]), this
+/// join's and DataFusion's alike.
 pub fn rewrite(plan: Arc<dyn ExecutionPlan>) -> Result<(Arc<dyn ExecutionPlan>, bool)> {
+    let mut replaced = false;
     let done = plan.transform_up(|node| {
-        Ok(match DiffJoinExec::replacing(&node) {
-            Some(join) => Transformed::yes(Arc::new(join) as Arc<dyn ExecutionPlan>),
-            None => Transformed::no(node),
+        let node = SpreadExec::under(node)?;
+        Ok(match DiffJoinExec::replacing(&node.data) {
+            Some(join) => {
+                replaced = true;
+                Transformed::yes(Arc::new(join) as Arc<dyn ExecutionPlan>)
+            }
+            None => node,
         })
     })?;
-    Ok((done.data, done.transformed))
+    Ok((done.data, replaced))
+}
+
+/// A join's probe side, as it is, except that each partition's stream, on its first poll, has
+/// its task woken once from outside the runtime's threads (through the blocking pool).
+///
+/// A join that holds one side builds it once, in whichever partition's task asks first; the
+/// others wait for it and are woken on the thread that built it, into a slot no other thread
+/// takes from (tokio's LIFO slot). Without this, those partitions then probed one after the
+/// other on that one thread while the others sat idle: 1M rows on two threads, the whole probe
+/// on one (this join's, and DataFusion's for sparse or text keys). The probe side is first read
+/// once the held side is built, so that each partition goes then to whichever thread is free.
+#[derive(Debug)]
+struct SpreadExec {
+    input: Arc<dyn ExecutionPlan>,
+}
+
+impl SpreadExec {
+    /// `node` with its probe side spread, when it is a hash join holding its left side whole
+    /// whose right side has several partitions.
+    fn under(node: Arc<dyn ExecutionPlan>) -> Result<Transformed<Arc<dyn ExecutionPlan>>> {
+        let Some(join) = node.downcast_ref::<HashJoinExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        let right = join.right();
+        if *join.partition_mode() != PartitionMode::CollectLeft
+            || right.output_partitioning().partition_count() < 2
+            || right.downcast_ref::<SpreadExec>().is_some()
+        {
+            return Ok(Transformed::no(node));
+        }
+        let spread = Arc::new(SpreadExec {
+            input: right.clone(),
+        });
+        let children = vec![join.left().clone(), spread as Arc<dyn ExecutionPlan>];
+        datafusion::physical_plan::execution_plan::replace_children_if_necessary(
+            node.clone(),
+            children,
+        )
+        .map(Transformed::yes)
+    }
+}
+
+impl DisplayAs for SpreadExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "SpreadExec")
+    }
+}
+
+impl ExecutionPlan for SpreadExec {
+    fn name(&self) -> &'static str {
+        "SpreadExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.input.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        match (children.pop(), children.is_empty()) {
+            (Some(input), true) => Ok(Arc::new(SpreadExec { input })),
+            _ => Err(DataFusionError::Internal("SpreadExec has one child".into())),
+        }
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        let schema = input.schema();
+        // Pending once, woken by a thread of the blocking pool (the runtime then hands the task
+        // to an idle thread); awaiting a blocking task instead would not always wait, as one
+        // that has already ended is ready at once.
+        let mut handed = false;
+        let hop = std::future::poll_fn(move |cx| {
+            if handed {
+                return std::task::Poll::Ready(());
+            }
+            handed = true;
+            let waker = cx.waker().clone();
+            tokio::task::spawn_blocking(move || waker.wake());
+            std::task::Poll::Pending
+        });
+        let hop = futures::stream::once(hop).filter_map(|()| std::future::ready(None));
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            hop.chain(input),
+        )))
+    }
 }
 
 /// What the join needs to know of the plan it replaces.
@@ -1340,6 +1451,149 @@ mod tests {
                 .unwrap();
             assert!(!replaced, "{query}\n{}", shown(&plan));
             assert!(theirs == ours, "{query}: {}", differing(&theirs, &ours));
+        }
+    }
+
+    /// A side as one table of `partitions` streams over its batches of 300 rows (dealt in
+    /// turn); `first` runs in each stream before its first batch.
+    fn streamed(
+        batch: &RecordBatch,
+        partitions: usize,
+        first: impl Fn() -> futures::future::BoxFuture<'static, datafusion::common::Result<()>>
+        + Send
+        + Sync
+        + Clone
+        + 'static,
+    ) -> Arc<dyn datafusion::catalog::TableProvider> {
+        use datafusion::physical_plan::streaming::PartitionStream;
+        struct Part<F> {
+            batches: Vec<RecordBatch>,
+            first: F,
+        }
+        impl<F> std::fmt::Debug for Part<F> {
+            fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(f, "Part({} batches)", self.batches.len())
+            }
+        }
+        impl<F> PartitionStream for Part<F>
+        where
+            F: Fn() -> futures::future::BoxFuture<'static, datafusion::common::Result<()>>
+                + Send
+                + Sync
+                + 'static,
+        {
+            fn schema(&self) -> &datafusion::arrow::datatypes::SchemaRef {
+                self.batches[0].schema_ref()
+            }
+            fn execute(
+                &self,
+                _: Arc<datafusion::execution::TaskContext>,
+            ) -> datafusion::execution::SendableRecordBatchStream {
+                use futures::StreamExt;
+                let first = futures::stream::once((self.first)())
+                    .filter_map(|done| std::future::ready(done.err().map(Err)));
+                let batches = futures::stream::iter(self.batches.clone().into_iter().map(Ok));
+                Box::pin(
+                    datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                        schema(),
+                        first.chain(batches),
+                    ),
+                )
+            }
+        }
+        let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions];
+        for (i, at) in (0..batch.num_rows()).step_by(300).enumerate() {
+            parts[i % partitions].push(batch.slice(at, 300.min(batch.num_rows() - at)));
+        }
+        let parts = parts
+            .into_iter()
+            .map(|batches| {
+                Arc::new(Part {
+                    batches,
+                    first: first.clone(),
+                }) as Arc<dyn PartitionStream>
+            })
+            .collect();
+        Arc::new(datafusion::catalog::streaming::StreamingTable::try_new(schema(), parts).unwrap())
+    }
+
+    /// The probe partitions run at once, on two threads, once the held side is built: each
+    /// partition's stream, on its first poll, keeps its thread until the other's has been
+    /// polled too (at most 5 s). The held side is built after a pause, so that the partitions
+    /// other than the one building it are waiting for it then.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_probe_partitions_run_on_all_threads() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let cases = [
+            // Dense keys: this join; sparse: DataFusion's within it; a text key: DataFusion's.
+            (1, "s.k = d.k", true),
+            (1_000_003, "s.k = d.k", true),
+            (1, "CAST(s.k AS VARCHAR) = CAST(d.k AS VARCHAR)", false),
+        ];
+        for (step, key, replaced) in cases {
+            let (held, probed) = (side(3000, step, 11, 10), side(3400, step, 5, 5));
+            let query = format!(
+                "SELECT d.*, s.* FROM d FULL JOIN s ON {key} \
+                 WHERE s.p IS NULL OR d.p IS NULL OR {COMPARED}"
+            );
+            let theirs = both(&context(held.clone(), probed.clone()), &query).await.0;
+            let ctx = context(held.clone(), probed.clone());
+            let pause =
+                || -> futures::future::BoxFuture<'static, datafusion::common::Result<()>> {
+                    Box::pin(async {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        Ok(())
+                    })
+                };
+            let polled = Arc::new(AtomicUsize::new(0));
+            let meet = {
+                let polled = polled.clone();
+                move || -> futures::future::BoxFuture<'static, datafusion::common::Result<()>> {
+                    let polled = polled.clone();
+                    Box::pin(async move {
+                        polled.fetch_add(1, Ordering::SeqCst);
+                        let deadline =
+                            std::time::Instant::now() + std::time::Duration::from_secs(5);
+                        while polled.load(Ordering::SeqCst) < 2 {
+                            if std::time::Instant::now() > deadline {
+                                return Err(datafusion::common::DataFusionError::Execution(
+                                    "one probe partition waited 5 s for the other to start".into(),
+                                ));
+                            }
+                            std::thread::sleep(std::time::Duration::from_millis(1));
+                        }
+                        Ok(())
+                    })
+                }
+            };
+            for (name, table) in [
+                ("d", streamed(&held, 1, pause)),
+                ("s", streamed(&probed, 2, meet)),
+            ] {
+                ctx.deregister_table(name).unwrap();
+                ctx.register_table(name, table).unwrap();
+            }
+            let plan = ctx
+                .sql(&query)
+                .await
+                .unwrap()
+                .create_physical_plan()
+                .await
+                .unwrap();
+            let (plan, was) = super::rewrite(plan).unwrap();
+            assert_eq!(was, replaced, "step {step}, key {key}\n{}", shown(&plan));
+            let ours = collect(plan, ctx.task_ctx()).await;
+            let ours = rows(&ours.unwrap_or_else(|e| panic!("step {step}, key {key}: {e}")));
+            assert!(
+                theirs == ours,
+                "step {step}, key {key}: {}",
+                differing(&theirs, &ours)
+            );
+            assert!(
+                ours.len() > 200,
+                "step {step}, key {key}: {} rows",
+                ours.len()
+            );
         }
     }
 }
