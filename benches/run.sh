@@ -145,6 +145,10 @@ echo
 echo "rows per side: $ROWS; $(nproc) cores; median of $ROUNDS rounds (memory-limited plan: 1 run)"
 row floor "floor: both binary COPYs" $((2 * ROWS))
 row plan "recon plan" $((2 * ROWS))
+# Each round's plan against the floor timed just before it (this machine's pace drifts between
+# rounds by more than the plan's margin).
+printf '%-34s %s\n' "  round by round" "$(paste -d' ' "$SERVERS_DIR/plan.times" "$SERVERS_DIR/floor.times" \
+  | awk '{printf "%.2f ", $1 / $3}')x the floor of its round"
 row small "recon plan, memory_limit 256MB" $((2 * ROWS))
 drift=$(echo "$expected" | awk '{print $1 + $2 + $3}')
 row apply "recon apply (the drift)" "$drift"
