@@ -830,7 +830,7 @@ async fn hashed_key_counts(ctx: &SessionContext, alias: &str, keys: usize) -> Re
     .execute_stream()
     .await?;
     let state = RandomState::with_seed(0);
-    let (mut rows, mut hashes) = (0u64, Vec::<u64>::new());
+    let mut hashes = Vec::<u64>::new();
     while let Some(batch) = stream.next().await {
         let batch = batch?;
         if batch.columns().iter().any(|c| c.null_count() > 0) {
@@ -842,12 +842,11 @@ async fn hashed_key_counts(ctx: &SessionContext, alias: &str, keys: usize) -> Re
         if create_hashes(batch.columns(), &state, &mut hashes[at..]).is_err() {
             return Ok(None);
         }
-        rows += batch.num_rows() as u64;
     }
     hashes.sort_unstable();
     Ok(match hashes.windows(2).any(|w| w[0] == w[1]) {
         true => None,
-        false => Some(rows),
+        false => Some(hashes.len() as u64),
     })
 }
 
@@ -905,11 +904,11 @@ impl KeyCheck {
             (false, false) => hashed_key_counts(ctx, alias, keys).await?,
             _ => None,
         };
-        let (rows, nulls, duplicates) = match (self.proven, self.integer_key, hashed) {
-            (_, _, Some(rows)) => (rows, 0, 0),
-            (false, true, _) => integer_key_counts(ctx, alias).await?,
-            (proven, _, None) => {
-                let query = render(if proven { "rows" } else { "counts" });
+        let (rows, nulls, duplicates) = match hashed {
+            Some(rows) => (rows, 0, 0),
+            None if self.integer_key && !self.proven => integer_key_counts(ctx, alias).await?,
+            None => {
+                let query = render(if self.proven { "rows" } else { "counts" });
                 let counts = sql(ctx, &query).await?.collect().await?;
                 let count = |col: &str| -> u64 {
                     counts
