@@ -162,9 +162,9 @@ async fn marked_read(
         return read;
     }
     receive_mark(tcp, 1)?;
-    let read = within(limit, tcp.read(buf)).await;
+    let n = within(limit, tcp.read(buf)).await?;
     receive_mark(tcp, COPY_MARK)?;
-    read
+    Ok(n)
 }
 
 /// A frontend message: tag, length, body.
